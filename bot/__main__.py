@@ -1,0 +1,62 @@
+"""``python -m bot``: the composition root. Settings -> database -> GPU worker -> Discord.
+
+Settings come from the environment (and the TOML file named by IMAGINE_CONFIG) and are built
+here, never at import. A missing or bad setting is one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import discord
+
+import db
+from bot.settings import Settings, SettingsError, configure_logging, load_settings
+
+log = logging.getLogger("bot")
+
+
+async def run(settings: Settings) -> int:
+    # Imported here so that `python -m bot` with a bad setting fails fast, before torch loads.
+    from bot.client import ImagineBot, point_discord_at
+    from generation.worker import GpuWorker
+
+    point_discord_at(settings)
+    conn = await db.connect(settings.db_path)
+    worker = GpuWorker(settings.models, device=settings.device)
+    try:
+        log.info("loading models (%s)", settings.models or "built-in defaults")
+        await worker.start()
+        log.info("models loaded: %s", worker.describe())
+        bot = ImagineBot(settings, conn, worker)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # A graceful stop leaves the running job 'running' so the next start resumes it.
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+        async with bot:
+            try:
+                await bot.start(settings.token)
+            except discord.LoginFailure:
+                log.error("Discord refused the token (DISCORD_TOKEN); check it in the portal")
+                return 1
+    finally:
+        await worker.close()
+        await conn.close()
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

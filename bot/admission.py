@@ -1,0 +1,185 @@
+"""Admission: may this request become a job? A small pipeline, each step able to refuse.
+
+1. ``check_request`` (the engine's own validation of sizes, steps, prompt syntax, generator);
+2. the prompt policy (``PromptPolicy.check_prompt``): blocked terms here; the moderation
+   extension adds concept checks by wrapping or replacing the policy (see ``PolicyChain``);
+3. the database's atomic ``create_job``: bans and the guild's limits are checked and the row
+   is inserted in one transaction, so two commands at the same instant cannot both slip
+   under a limit.
+
+Every refusal is a ``Refused`` exception carrying a ``Refusal`` whose ``message`` is written for
+the user (shown ephemerally). A policy refusal also names the ``rule`` that matched; the rule is
+recorded for moderators and never shown to anyone else, and the message never repeats the
+blocked term.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosqlite
+
+import db
+from bot.moderation.terms import BlockedTerm as MatchTerm
+from bot.moderation.terms import find_blocked
+from db import Job, JobSpec
+from generation.errors import BadRequest
+from generation.request import GenerationRequest, check_request
+
+log = logging.getLogger(__name__)
+
+# What GenerationRequest uses when the job row leaves guidance_scale unset.
+_DEFAULT_GUIDANCE = GenerationRequest.__dataclass_fields__["guidance_scale"].default
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was not admitted. ``message`` is for the user; ``rule`` (e.g.
+    ``"term:<normalized>"``) is for the moderators' log only."""
+
+    message: str
+    rule: str | None = None
+
+
+class Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+    @property
+    def message(self) -> str:
+        return self.refusal.message
+
+
+class PromptPolicy(Protocol):
+    async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None: ...
+
+
+BLOCKED_MESSAGE = (
+    "Your prompt contains a word or phrase that this server's moderators have blocked, so no "
+    "picture was made. Rephrase it and try again."
+)
+
+
+class BlockedTermsPolicy:
+    """Refuses prompts that contain one of the guild's blocked terms (through the moderation
+    matcher, which sees through case, accents, look-alike letters, spacing and digit swaps)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
+        if guild_id is None:
+            return None
+        rows = await db.list_blocked_terms(self._conn, guild_id)
+        if not rows:
+            return None
+        terms = [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
+        hit = find_blocked(prompt, terms)
+        if hit is None:
+            return None
+        return Refusal(BLOCKED_MESSAGE, rule=f"term:{hit.normalized}")
+
+
+class PolicyChain:
+    """Runs policies in order; the first refusal wins. The moderation extension appends its
+    concept policy with ``add``."""
+
+    def __init__(self, policies: Sequence[PromptPolicy] = ()) -> None:
+        self.policies: list[PromptPolicy] = list(policies)
+
+    def add(self, policy: PromptPolicy) -> None:
+        self.policies.append(policy)
+
+    async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
+        for policy in self.policies:
+            refusal = await policy.check_prompt(guild_id, prompt)
+            if refusal is not None:
+                return refusal
+        return None
+
+
+def request_from_spec(spec: JobSpec | Job, *, progress_every: int = 10) -> GenerationRequest:
+    """The engine request a job (or a job spec) stands for."""
+    return GenerationRequest(
+        prompt=spec.prompt,
+        seed=spec.seed,
+        steps=spec.steps,
+        width=spec.width,
+        height=spec.height,
+        generator=spec.generator,
+        cutn=spec.cutn,
+        cut_pow=spec.cut_pow,
+        learning_rate=spec.learning_rate,
+        optimizer=spec.optimizer,
+        init_image=spec.init_image,
+        init_weight=spec.init_weight,
+        image_prompts=tuple(spec.image_prompts),
+        noise_prompts=tuple(spec.noise_prompts),
+        guidance_scale=_DEFAULT_GUIDANCE if spec.guidance_scale is None else spec.guidance_scale,
+        skip_steps=spec.skip_steps,
+        progress_every=progress_every,
+    )
+
+
+class Admission:
+    """The three steps above. ``precheck`` runs steps 1-2 (cheap; before downloading
+    attachments), ``admit`` runs all three and returns the queued job."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        policy: PromptPolicy,
+        *,
+        known_generators: tuple[str, ...] = (),
+        global_queue_cap: int = db.DEFAULT_GLOBAL_QUEUE_CAP,
+    ) -> None:
+        self._conn = conn
+        self.policy = policy
+        self._known_generators = known_generators
+        self._global_queue_cap = global_queue_cap
+
+    def check_parameters(self, spec: JobSpec) -> None:
+        """Step 1: the engine's checks; raises Refused with its message."""
+        try:
+            spec.check()
+            check_request(request_from_spec(spec), known_generators=self._known_generators)
+        except (BadRequest, ValueError) as error:
+            raise Refused(Refusal(_sentence(str(error)))) from None
+
+    async def check_policy(self, spec: JobSpec) -> None:
+        """Step 2: the prompt policy. A refusal is recorded for the guild's moderators."""
+        refusal = await self.policy.check_prompt(spec.guild_id, spec.prompt)
+        if refusal is None:
+            return
+        if refusal.rule is not None:
+            try:
+                await db.record_refused_prompt(
+                    self._conn, spec.guild_id, spec.user_id, spec.prompt, refusal.rule
+                )
+            except Exception:
+                log.exception("could not record a refused prompt")
+        raise Refused(refusal)
+
+    async def precheck(self, spec: JobSpec) -> None:
+        self.check_parameters(spec)
+        await self.check_policy(spec)
+
+    async def admit(self, spec: JobSpec) -> Job:
+        """Steps 1-3; the returned job is saved as ``queued``."""
+        await self.precheck(spec)
+        try:
+            return await db.create_job(self._conn, spec, global_queue_cap=self._global_queue_cap)
+        except db.AdmissionRefused as error:
+            raise Refused(Refusal(error.message)) from None
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return "The request is not valid."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."

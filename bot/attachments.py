@@ -1,0 +1,187 @@
+"""Image attachments (init image, image prompt): download, check, keep.
+
+A file from a user is checked in order, stopping at the first problem with a message that says
+what to do:
+
+1. the size Discord declares and the content type it reports (before downloading anything);
+2. the download itself, streamed and cut off as soon as it passes the size limit;
+3. the first bytes: they must be a PNG, JPEG, WebP or GIF signature, whatever the name says;
+4. decoding with Pillow in a worker thread: the pixel count is checked from the header before
+   any pixel is decoded (a decompression bomb is a small file that claims a huge image), then
+   the image is fully decoded so a truncated or corrupt file is caught now, not in the GPU job.
+
+The accepted file is saved under the data folder with a random name, so the job row can point
+at it and the job can be rebuilt after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+from PIL import Image, UnidentifiedImageError
+
+ALLOWED_CONTENT_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+}
+PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "GIF": "gif"}
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "gif": ".gif"}
+CHUNK = 64 * 1024
+
+
+class AttachmentError(Exception):
+    """A file was refused; ``str(error)`` is the message for the user."""
+
+
+class AttachmentLike(Protocol):
+    """What is needed of an attachment (discord.Attachment fits)."""
+
+    url: str
+    filename: str
+    size: int
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    path: Path
+    format: str  # png | jpeg | webp | gif
+    width: int
+    height: int
+    size: int  # bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def check_declared(attachment: AttachmentLike, *, max_bytes: int, what: str) -> None:
+    """Refuse by what Discord says about the file, before downloading it."""
+    if attachment.size > max_bytes:
+        raise AttachmentError(
+            f"The {what} `{attachment.filename}` is {_mib(attachment.size)}; the limit is "
+            f"{_mib(max_bytes)}. Send a smaller image."
+        )
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    if content_type and content_type not in ALLOWED_CONTENT_TYPES:
+        raise AttachmentError(
+            f"The {what} `{attachment.filename}` is not an image ({content_type}). "
+            "Send a PNG, JPEG, WebP or GIF file."
+        )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from the file's first bytes (its signature), or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+async def download(
+    session: aiohttp.ClientSession, url: str, *, max_bytes: int, what: str, timeout: float = 30.0
+) -> bytes:
+    """Stream ``url`` into memory, refusing as soon as more than ``max_bytes`` arrive."""
+    if not url.startswith(("https://", "http://")):
+        raise AttachmentError(f"The {what} has no downloadable address.")
+    too_big = AttachmentError(f"The {what} is larger than {_mib(max_bytes)}. Send a smaller image.")
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                raise AttachmentError(
+                    f"The {what} could not be downloaded (HTTP {response.status}). "
+                    "Try uploading it again."
+                )
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise too_big
+            buffer = bytearray()
+            async for chunk in response.content.iter_chunked(CHUNK):
+                buffer += chunk
+                if len(buffer) > max_bytes:
+                    raise too_big
+            return bytes(buffer)
+    except (aiohttp.ClientError, TimeoutError):
+        raise AttachmentError(
+            f"The {what} could not be downloaded. Try uploading it again."
+        ) from None
+
+
+def decode_check(data: bytes, *, max_pixels: int, what: str) -> tuple[str, int, int]:
+    """Decode the image fully (call it in a thread); returns (format, width, height)."""
+    sniffed = sniff_format(data)
+    if sniffed is None:
+        raise AttachmentError(
+            f"The {what} is not a PNG, JPEG, WebP or GIF image. Send one of those."
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than fails) between its limit and twice it; make that an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise AttachmentError(
+                        f"The {what} is {width}×{height} pixels; the limit is "
+                        f"{max_pixels:,} pixels. Send a smaller image."
+                    )
+                fmt = PIL_FORMATS.get(image.format or "")
+                if fmt is None:
+                    raise AttachmentError(
+                        f"The {what} is not a PNG, JPEG, WebP or GIF image. Send one of those."
+                    )
+                image.load()
+    except AttachmentError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise AttachmentError(
+            f"The {what} claims to be far too large to decode. Send a smaller image."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise AttachmentError(
+            f"The {what} could not be read as an image; it may be damaged. Send another file."
+        ) from None
+    if width < 1 or height < 1:
+        raise AttachmentError(f"The {what} has no pixels. Send another image.")
+    return fmt, width, height
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+async def fetch_image(
+    session: aiohttp.ClientSession,
+    attachment: AttachmentLike,
+    dest_dir: Path,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    what: str = "image",
+) -> CheckedImage:
+    """Check, download, decode and save one attachment; raises AttachmentError."""
+    check_declared(attachment, max_bytes=max_bytes, what=what)
+    data = await download(session, attachment.url, max_bytes=max_bytes, what=what)
+    fmt, width, height = await asyncio.to_thread(
+        decode_check, data, max_pixels=max_pixels, what=what
+    )
+    path = dest_dir / f"{uuid.uuid4().hex}{EXTENSIONS[fmt]}"
+    await asyncio.to_thread(_write, path, data)
+    return CheckedImage(path=path, format=fmt, width=width, height=height, size=len(data))

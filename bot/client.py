@@ -1,0 +1,139 @@
+"""The bot: a ``commands.Bot`` that is handed its dependencies (settings, database connection,
+GPU worker) and wires the pieces together.
+
+``setup_hook`` (after login, before the gateway connects) loads the cogs, registers the job
+buttons as DynamicItems, syncs the slash commands, and starts the scheduler, which first puts
+interrupted jobs back on the queue.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import aiosqlite
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.admission import Admission, BlockedTermsPolicy, PolicyChain
+from bot.jobs import JobService
+from bot.progress import ReplyManager
+from bot.replies import JobReplySink
+from bot.scheduler import Scheduler
+from bot.settings import Settings
+from bot.ui import JobButton
+from generation.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.exts.imagine", "bot.exts.info")
+# Written by the moderation work; loaded when it is there.
+OPTIONAL_EXTENSIONS = ("bot.exts.moderation",)
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Send REST calls to ``api_base`` and open the gateway at ``gateway_url`` (a proxy, or the
+    fake Discord in tests). Must run before login; Route builds each URL when it is created."""
+    discord.http.Route.BASE = settings.api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+class ImagineBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        conn: aiosqlite.Connection,
+        worker: GpuWorker,
+        **options: Any,
+    ) -> None:
+        intents = discord.Intents.none()
+        # Guilds: the guild and role caches (moderator role checks); nothing else is needed,
+        # slash commands and buttons arrive without privileged intents.
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            # Prompts are user text: never let them ping anyone.
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self.conn = conn
+        self.worker = worker
+        self.started_at = time.time()
+        self.replies = ReplyManager(
+            lambda job: JobReplySink(self, conn, job, margin=settings.token_margin),
+            interval=settings.edit_interval,
+            channel_limit=settings.channel_edit_limit,
+            channel_window=settings.channel_edit_window,
+            started_at=self.started_at,
+        )
+        self.policy = PolicyChain([BlockedTermsPolicy(conn)])
+        self.admission = Admission(
+            conn,
+            self.policy,
+            known_generators=worker.generator_names(),
+            global_queue_cap=settings.global_queue_cap,
+        )
+        self.scheduler = Scheduler(
+            conn,
+            worker,
+            self.replies,
+            output_dir=settings.output_dir,
+            progress_every=settings.progress_every,
+            max_attempts=settings.max_attempts,
+        )
+        self.jobs = JobService(conn, settings, self.admission, self.scheduler, self.replies)
+        self.downloads: aiohttp.ClientSession | None = None
+        self.tree.on_error = self._on_app_command_error
+
+    async def setup_hook(self) -> None:
+        self.downloads = aiohttp.ClientSession()
+        self.add_dynamic_items(JobButton)
+        for name in EXTENSIONS:
+            await self.load_extension(name)
+        for name in OPTIONAL_EXTENSIONS:
+            if importlib.util.find_spec(name) is not None:
+                await self.load_extension(name)
+        await self.sync_commands()
+        await self.scheduler.start()
+
+    async def sync_commands(self) -> None:
+        if self.settings.guild_ids:
+            # Guild commands appear at once; handy while setting the bot up.
+            for guild_id in self.settings.guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.replies.close()
+        if self.downloads is not None:
+            await self.downloads.close()
+        await super().close()
+
+    async def _on_app_command_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        if isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "You may not use this command here."
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.name,
+                      exc_info=error)
+            message = "Something went wrong on the bot's side; please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(message, ephemeral=True)
+            else:
+                await interaction.response.send_message(message, ephemeral=True)
+        except discord.HTTPException:
+            pass

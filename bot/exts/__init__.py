@@ -1,0 +1,1 @@
+"""Thin cogs: each parses an interaction and hands plain values to the services in ``bot``."""

@@ -1,0 +1,229 @@
+"""/imagine, /queue and /history: thin handlers that parse options and call the JobService.
+
+No ``from __future__ import annotations`` here: the /imagine signature is built at run time
+(its size and generator choices and its step limit come from the settings and the worker), and
+discord.py reads the annotations of that signature as real objects.
+"""
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import db
+from bot import render
+from bot.admission import Refused
+from bot.attachments import AttachmentError, fetch_image
+from bot.jobs import random_seed
+from bot.settings import parse_size
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+log = logging.getLogger(__name__)
+
+# Discord integer options stop at 2**53.
+MAX_OPTION_SEED = 2**53 - 1
+
+
+def size_label(size: str) -> str:
+    """"384x256" -> "384×256 landscape 3:2"."""
+    width, height = parse_size(size)
+    if width == height:
+        return f"{width}×{height} square"
+    divisor = math.gcd(width, height)
+    shape = "landscape" if width > height else "portrait"
+    return f"{width}×{height} {shape} {width // divisor}:{height // divisor}"
+
+
+def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, Any]:
+    settings = cog.bot.settings
+    generators = cog.bot.worker.generator_names()
+    size_choices = [
+        app_commands.Choice(name=size_label(size), value=size) for size in settings.sizes[:25]
+    ]
+    generator_choices = [app_commands.Choice(name=name, value=name) for name in generators[:25]]
+    Steps = app_commands.Range[int, 1, settings.max_steps]
+    Seed = app_commands.Range[int, 0, MAX_OPTION_SEED]
+
+    @app_commands.command(name="imagine", description="Paint a picture from a text prompt")
+    @app_commands.describe(
+        prompt='What to paint, e.g. "a lighthouse in a storm, oil painting" (weights: "a:1 | b:-0.5")',
+        seed="Same seed and settings give the same picture (random if left out)",
+        steps=f"Optimisation steps: more is slower and more detailed (default {settings.default_steps})",
+        size="Width × height",
+        generator="How the picture is made",
+        init_image="An image to start from",
+        image_prompt="An image whose look the picture should have",
+    )
+    @app_commands.choices(size=size_choices, generator=generator_choices)
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1000],
+        seed: Optional[Seed] = None,  # type: ignore[valid-type]
+        steps: Optional[Steps] = None,  # type: ignore[valid-type]
+        size: Optional[str] = None,
+        generator: Optional[str] = None,
+        init_image: Optional[discord.Attachment] = None,
+        image_prompt: Optional[discord.Attachment] = None,
+    ) -> None:
+        await cog.imagine(
+            interaction,
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            size=size,
+            generator=generator,
+            init_image=init_image,
+            image_prompt=image_prompt,
+        )
+
+    return imagine
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: "ImagineBot") -> None:
+        self.bot = bot
+        self.imagine_command = build_imagine_command(self)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.imagine_command, override=True)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.imagine_command.name)
+
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        *,
+        prompt: str,
+        seed: Optional[int],
+        steps: Optional[int],
+        size: Optional[str],
+        generator: Optional[str],
+        init_image: Optional[discord.Attachment],
+        image_prompt: Optional[discord.Attachment],
+    ) -> None:
+        settings = self.bot.settings
+        jobs = self.bot.jobs
+        width, height = parse_size(size) if size else settings.default_size
+        generators = self.bot.worker.generator_names()
+        spec = db.JobSpec(
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            prompt=prompt,
+            seed=random_seed() if seed is None else seed,
+            steps=settings.default_steps if steps is None else steps,
+            width=width,
+            height=height,
+            generator=generator or (generators[0] if generators else "vqgan"),
+        )
+        attachments = [(a, what) for a, what in ((init_image, "init image"), (image_prompt, "image prompt")) if a is not None]
+        if not attachments:
+            await jobs.submit(interaction, spec)
+            return
+        # Refuse bad options and blocked prompts before downloading anything.
+        try:
+            await jobs.admission.precheck(spec)
+        except Refused as refused:
+            await jobs.refuse(interaction, refused.message)
+            return
+        # Downloads may take longer than Discord's 3 seconds: answer "thinking" (ephemeral, so
+        # an error about the file is seen by its sender only), then post the job publicly.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert self.bot.downloads is not None
+        try:
+            checked = await asyncio.gather(
+                *(
+                    fetch_image(
+                        self.bot.downloads,
+                        attachment,
+                        settings.input_dir,
+                        max_bytes=settings.max_attachment_bytes,
+                        max_pixels=settings.max_image_pixels,
+                        what=what,
+                    )
+                    for attachment, what in attachments
+                )
+            )
+        except AttachmentError as error:
+            await jobs.refuse(interaction, str(error), deferred=True)
+            return
+        paths = {what: str(item.path) for (_, what), item in zip(attachments, checked, strict=True)}
+        spec = spec.replace(
+            init_image=paths.get("init image"),
+            image_prompts=(paths["image prompt"],) if "image prompt" in paths else (),
+        )
+        await jobs.submit(interaction, spec, deferred=True)
+
+    @app_commands.command(name="queue", description="Your pictures in the queue and when they are due")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        conn = self.bot.conn
+        entries = await db.queued_jobs_for_user(conn, interaction.user.id, guild_id=interaction.guild_id)
+        stats = await db.queue_stats(conn)
+        header = f"{stats.queued} waiting and {stats.running} painting in the whole queue."
+        if not entries:
+            await interaction.response.send_message(
+                f"You have no pictures waiting. {header}", ephemeral=True
+            )
+            return
+        lines = []
+        for entry in entries[:15]:
+            job = entry.job
+            prompt = render.safe_prompt(job.prompt, 80)
+            if entry.position is None:
+                step = f" (step {job.last_step}/{job.total_steps})" if job.total_steps else ""
+                where = f"painting now{step}"
+            else:
+                eta = await self.bot.jobs.eta(entry.position, job.generator)
+                due = f", done in about {render.format_duration(eta)}" if eta is not None else ""
+                where = f"{render.ordinal_place(entry.position)}{due}"
+            lines.append(f"**#{job.id}** {prompt}: {where}")
+        if len(entries) > 15:
+            lines.append(f"…and {len(entries) - 15} more.")
+        await interaction.response.send_message(
+            header + "\n" + "\n".join(lines), ephemeral=True
+        )
+
+    @app_commands.command(name="history", description="Your recent pictures with their seeds, to run again")
+    @app_commands.describe(order="Newest first, or best CLIP score first")
+    @app_commands.choices(
+        order=[
+            app_commands.Choice(name="newest first", value="recent"),
+            app_commands.Choice(name="best score first", value="score"),
+        ]
+    )
+    async def history(self, interaction: discord.Interaction, order: Optional[str] = None) -> None:
+        entries = await db.history(
+            self.bot.conn,
+            interaction.user.id,
+            guild_id=interaction.guild_id,
+            limit=10,
+            order=order or "recent",
+        )
+        if not entries:
+            await interaction.response.send_message(
+                "You have no finished pictures here yet. Try /imagine.", ephemeral=True
+            )
+            return
+        lines = []
+        for entry in entries:
+            prompt = render.shorten(entry.prompt.replace("`", "'"), 200)
+            score = f", score {entry.clip_score:.3f}" if entry.clip_score is not None else ""
+            lines.append(
+                f"**#{entry.job_id}** {entry.width}×{entry.height}, {entry.steps} steps, "
+                f"{entry.generator}{score}\n"
+                f"`/imagine prompt:{prompt} seed:{entry.seed} steps:{entry.steps}`"
+            )
+        await interaction.response.send_message(
+            render.shorten("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
+        )
+
+
+async def setup(bot: "ImagineBot") -> None:
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,245 @@
+"""What the bot does with a request once a cog has parsed it: admit it, save it, answer, and
+handle the job buttons (Re-roll, Variation, Cancel).
+
+The cogs and the buttons stay thin; everything here works on plain ``JobSpec`` values and the
+interaction it has to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+import discord
+
+import db
+from bot import render
+from bot.admission import Admission, Refused
+from bot.progress import ReplyManager
+from bot.replies import edit_kwargs
+from bot.scheduler import Scheduler
+from db import Job, JobSpec
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Seeds the bot picks stay below 2**32 so that a user can type them back into /imagine
+# (Discord integer options stop at 2**53).
+SEED_RANGE = 2**32
+
+NOT_YOURS = (
+    "Only the person who asked for this picture, or a moderator, can cancel it. "
+    "You can make your own with /imagine."
+)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(SEED_RANGE)
+
+
+def is_moderator(interaction: discord.Interaction[Any], moderator_role_id: int | None) -> bool:
+    """Manage Messages in this channel, or the guild's configured moderator role."""
+    permissions = interaction.permissions
+    if permissions.manage_messages or permissions.administrator:
+        return True
+    member = interaction.user
+    if moderator_role_id is not None and isinstance(member, discord.Member):
+        return member.get_role(moderator_role_id) is not None
+    return False
+
+
+class JobService:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        settings: Settings,
+        admission: Admission,
+        scheduler: Scheduler,
+        replies: ReplyManager,
+    ) -> None:
+        self._conn = conn
+        self._settings = settings
+        self.admission = admission
+        self.scheduler = scheduler
+        self.replies = replies
+        # Acknowledgement latencies in seconds (interaction received -> answer sent), for the
+        # benchmark and /info.
+        self.ack_latencies: list[float] = []
+
+    # ---- new jobs ---------------------------------------------------------------------------
+
+    async def eta(self, position: int | None, generator: str) -> float | None:
+        """Seconds until a job at ``position`` is done, from recent job durations."""
+        if position is None:
+            return None
+        timings = await db.generator_timings(self._conn)
+        timing = timings.get(generator)
+        if timing is None or timing.samples == 0:
+            return None
+        return position * timing.mean_seconds
+
+    async def submit(
+        self, interaction: discord.Interaction[Any], spec: JobSpec, *, deferred: bool = False
+    ) -> Job | None:
+        """Admit ``spec`` and answer the interaction with the job's place in the queue.
+
+        The job row is committed before the answer is sent. ``deferred``: the interaction was
+        already answered with an ephemeral "thinking" (a command with attachments); the job's
+        message is then a public followup and the ephemeral answer says where it is.
+        """
+        received = time.monotonic()
+        try:
+            job = await self.admission.admit(spec)
+        except Refused as refused:
+            await self.refuse(interaction, refused.message, deferred=deferred)
+            return None
+        self.scheduler.wake()
+        try:
+            expires = time.time() + self._settings.token_lifetime
+            job = await db.set_reply(
+                self._conn,
+                job.id,
+                interaction_id=interaction.id,
+                interaction_token=interaction.token,
+                application_id=interaction.application_id,
+                token_expires_at=expires,
+            )
+            position = await db.queue_position(self._conn, job.id)
+            eta = await self.eta(position, job.generator)
+            rendered = render.queued(job, position, eta)
+            kwargs = edit_kwargs(rendered)
+            if deferred:
+                kwargs.pop("attachments")
+                message = await interaction.followup.send(wait=True, **kwargs)
+                await db.set_reply(
+                    self._conn,
+                    job.id,
+                    interaction_id=interaction.id,
+                    interaction_token=interaction.token,
+                    application_id=interaction.application_id,
+                    token_expires_at=expires,
+                    message_id=message.id,
+                )
+                self.ack_latencies.append(time.monotonic() - received)
+                await interaction.edit_original_response(
+                    content=f"Queued as picture #{job.id}; it appears in the channel."
+                )
+            else:
+                kwargs.pop("attachments")
+                await interaction.response.send_message(**kwargs)
+                self.ack_latencies.append(time.monotonic() - received)
+        except discord.HTTPException as error:
+            # The job is saved and will run; its result reaches the channel even without this
+            # answer (the reply sink falls back to a channel message).
+            log.warning("could not acknowledge job %s: %s", job.id, error)
+        finally:
+            self.replies.acks.acked(job.id)
+        return job
+
+    async def refuse(
+        self, interaction: discord.Interaction[Any], message: str, *, deferred: bool = False
+    ) -> None:
+        """An ephemeral answer: only the person who asked sees why."""
+        try:
+            if deferred or interaction.response.is_done():
+                await interaction.edit_original_response(content=message)
+            else:
+                await interaction.response.send_message(message, ephemeral=True)
+        except discord.HTTPException as error:
+            log.warning("could not send a refusal: %s", error)
+
+    # ---- buttons ----------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction[Any], job_id: int, action: str) -> None:
+        job = await db.get_job(self._conn, job_id)
+        if job is None:
+            await self.refuse(interaction, "This picture is no longer known to the bot.")
+            return
+        if action == "cancel":
+            await self.cancel(interaction, job)
+        elif action == "reroll":
+            await self.reroll(interaction, job)
+        elif action == "variation":
+            await self.variation(interaction, job)
+
+    def _derived(self, interaction: discord.Interaction[Any], parent: Job, **changes: Any) -> JobSpec:
+        return parent.to_spec(
+            parent_job_id=parent.id,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            **changes,
+        )
+
+    async def reroll(self, interaction: discord.Interaction[Any], parent: Job) -> Job | None:
+        """Same request, new seed: a new job and message, counted against the presser."""
+        if parent.status != "done":
+            await self.refuse(interaction, "Only a finished picture can be re-rolled.")
+            return None
+        seed = random_seed()
+        while seed == parent.seed:
+            seed = random_seed()
+        return await self.submit(interaction, self._derived(interaction, parent, kind="reroll", seed=seed))
+
+    async def variation(self, interaction: discord.Interaction[Any], parent: Job) -> Job | None:
+        """A new job that starts from the finished picture."""
+        if parent.status != "done" or not parent.output_path:
+            await self.refuse(interaction, "Only a finished picture can be varied.")
+            return None
+        if not Path(parent.output_path).is_file():
+            await self.refuse(
+                interaction,
+                "The file of this picture is no longer kept, so it cannot be varied. "
+                "Re-roll it or run /imagine again.",
+            )
+            return None
+        spec = self._derived(
+            interaction,
+            parent,
+            kind="variation",
+            seed=random_seed(),
+            init_image=parent.output_path,
+        )
+        return await self.submit(interaction, spec)
+
+    async def cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        """Requester or moderator only; everyone else gets a polite ephemeral no."""
+        moderator_role = None
+        if not (interaction.user.id == job.user_id):
+            if job.guild_id is not None:
+                settings = await db.get_guild_settings(self._conn, job.guild_id)
+                moderator_role = settings.moderator_role_id
+            if not is_moderator(interaction, moderator_role):
+                await self.refuse(interaction, NOT_YOURS)
+                return
+        if job.finished:
+            await self.refuse(interaction, f"This picture is already {job.status}.")
+            return
+        cancelled = await db.mark_cancelled(self._conn, job.id, by=interaction.user.id)
+        if cancelled is None:
+            await self.refuse(interaction, "This picture had already finished.")
+            return
+        try:
+            # The message itself is changed by the job's reporter, which keeps edits in order.
+            await interaction.response.defer()
+        except discord.HTTPException as error:
+            log.warning("could not answer the cancel of job %s: %s", job.id, error)
+        await self.cancelled_elsewhere([cancelled], by=interaction.user.id)
+
+    async def cancelled_elsewhere(self, jobs: list[Job], *, by: int | None) -> None:
+        """Jobs cancelled in the database (a Cancel button, /ban, /purge): stop the running
+        one and show "cancelled" on the others' messages."""
+        finals = [
+            self.replies.finish(job, render.cancelled(job, by))
+            for job in jobs
+            # A running job stops within a step; the scheduler then edits its message.
+            if not self.scheduler.abort(job.id)
+        ]
+        await asyncio.gather(*finals)

@@ -1,0 +1,289 @@
+"""The consumer: takes jobs from the database in fair order and drives the GPU worker.
+
+One job at a time goes to the worker; the next is taken from the database only when the GPU is
+free, so the fair order (round-robin across users, decided by ``db.take_next_job``) holds at the
+moment it matters. Finishing a job (saving the PNG, the final edit, the status in the database)
+happens in a background task, so a slow Discord never keeps the GPU idle.
+
+Crash safety: a job row stays ``running`` until its final edit has been sent. A kill -9 at any
+point before that leaves it ``running``; on the next start ``db.requeue_interrupted`` puts it
+back on the queue and it runs again (same seed, same image). A graceful shutdown leaves the
+running job ``running`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+import db
+from bot import render
+from bot.admission import request_from_spec
+from bot.progress import ReplyManager
+from db import Job
+from generation.errors import GenerationCancelled, GenerationError
+from generation.worker import FinishedImage, GpuWorker, ProgressFrame
+
+log = logging.getLogger(__name__)
+
+# Image check verdicts (the moderation extension provides the check).
+SHOW = "show"
+SPOILER = "spoiler"
+WITHHOLD = "withhold"
+
+
+class ImageCheck(Protocol):
+    async def check_image(self, job: Job, png: bytes) -> str:
+        """SHOW, SPOILER or WITHHOLD."""
+        ...
+
+
+@dataclass
+class _Running:
+    job: Job
+    done: bool = False
+    last_recorded: float = 0.0
+
+
+def output_path(output_dir: Path, job: Job) -> Path:
+    return output_dir / f"{job.id:08d}-{job.seed}.png"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".png.part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+class Scheduler:
+    """Start with ``await start()`` (puts interrupted jobs back first); ``wake()`` after a job
+    is admitted; ``abort(job_id)`` after a running job was cancelled in the database."""
+
+    # How often the loop looks at the database without being woken (jobs added by another
+    # process, a wake-up lost to a crash of a handler).
+    POLL_SECONDS = 5.0
+    RECORD_PROGRESS_EVERY = 5.0
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        worker: GpuWorker,
+        replies: ReplyManager,
+        *,
+        output_dir: Path,
+        progress_every: int = 10,
+        max_attempts: int = 3,
+    ) -> None:
+        self._conn = conn
+        self._worker = worker
+        self._replies = replies
+        self._output_dir = output_dir
+        self._progress_every = progress_every
+        self._max_attempts = max_attempts
+        self.image_check: ImageCheck | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[object]] = set()
+        self._current: tuple[int, object] | None = None  # (job id, JobHandle)
+        self._aborted: OrderedDict[int, None] = OrderedDict()
+        # Observers (tests, the benchmark): called with the job id when a job is finished.
+        self.on_job_finished: list[Callable[[int, str], None]] = []
+        self.jobs_run = 0
+
+    # ---- control ----------------------------------------------------------------------------
+
+    async def start(self) -> list[Job]:
+        """Put interrupted jobs back on the queue, tell their users, start the loop."""
+        jobs = await db.requeue_interrupted(self._conn, max_attempts=self._max_attempts)
+        for job in jobs:
+            if job.status == "queued":
+                position = await db.queue_position(self._conn, job.id)
+                self._replies.update(job, render.restarted(job, position))
+            elif job.status == "failed":
+                message = job.error or "the job was interrupted too many times"
+                self._spawn(self._replies.finish(job, render.failed(job, message)))
+        if jobs:
+            log.info("start-up: %d interrupted job(s) back on the queue", len(jobs))
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+        return jobs
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def abort(self, job_id: int) -> bool:
+        """Stop a job that was cancelled in the database. True if it was running here (its
+        final "cancelled" edit then comes from the scheduler)."""
+        current = self._current
+        if current is not None and current[0] == job_id:
+            current[1].cancel()  # type: ignore[attr-defined]
+            return True
+        # Taken but not yet submitted, or not taken at all: remember it (bounded).
+        self._aborted[job_id] = None
+        while len(self._aborted) > 1000:
+            self._aborted.popitem(last=False)
+        return False
+
+    @property
+    def current_job_id(self) -> int | None:
+        return None if self._current is None else self._current[0]
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Stop taking jobs. The running job stays ``running`` in the database (it is put back
+        on the queue at the next start); finishing edits get ``grace`` seconds."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._background:
+            _, pending = await asyncio.wait(list(self._background), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                job = await db.take_next_job(self._conn)
+            except Exception:
+                log.exception("could not take the next job; trying again shortly")
+                job = None
+            if job is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.POLL_SECONDS)
+                except TimeoutError:
+                    pass
+                continue
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        state = _Running(job)
+        if job.id in self._aborted:
+            del self._aborted[job.id]
+            self._spawn(self._finish_cancelled(job))
+            return
+        request = request_from_spec(job, progress_every=self._progress_every)
+
+        def on_progress(frame: ProgressFrame) -> None:
+            if state.done:
+                return
+            self._replies.update(job, render.running(job, frame))
+            now = time.monotonic()
+            if now - state.last_recorded >= self.RECORD_PROGRESS_EVERY:
+                state.last_recorded = now
+                self._spawn(self._record_progress(job.id, frame.step, frame.total))
+
+        self._replies.update(job, render.running(job))
+        handle = self._worker.submit(request, on_progress, job_id=job.id)
+        self._current = (job.id, handle)
+        outcome: tuple[str, str | FinishedImage]
+        try:
+            finished = await handle.wait()
+            outcome = ("done", finished)
+        except GenerationCancelled:
+            outcome = ("cancelled", "")
+        except GenerationError as error:
+            outcome = ("failed", str(error))
+        except Exception as error:  # the worker wraps errors; this is a last line of defence
+            log.exception("job %s failed unexpectedly", job.id)
+            outcome = ("failed", f"internal error ({type(error).__name__}); the job failed")
+        finally:
+            state.done = True
+            self._current = None
+        if self._stopping:
+            # Shutting down: leave the row running; it is put back on the queue at next start.
+            return
+        self.jobs_run += 1
+        kind, value = outcome
+        if kind == "done":
+            assert isinstance(value, FinishedImage)
+            self._spawn(self._finish_done(job, value))
+        elif kind == "cancelled":
+            self._spawn(self._finish_cancelled(job))
+        else:
+            assert isinstance(value, str)
+            self._spawn(self._finish_failed(job, value))
+
+    async def _record_progress(self, job_id: int, step: int, total: int) -> None:
+        try:
+            await db.record_progress(self._conn, job_id, step, total)
+        except Exception:
+            log.warning("could not record progress of job %s", job_id, exc_info=True)
+
+    # ---- finishing (background) -------------------------------------------------------------
+
+    def _notify(self, job_id: int, status: str) -> None:
+        for observer in self.on_job_finished:
+            try:
+                observer(job_id, status)
+            except Exception:
+                log.exception("job observer failed")
+
+    async def _finish_done(self, job: Job, finished: FinishedImage) -> None:
+        try:
+            path = output_path(self._output_dir, job)
+            await asyncio.to_thread(_write_file, path, finished.png)
+            verdict = await self._check_image(job, finished.png)
+            if verdict == WITHHOLD:
+                rendered = render.withheld(job)
+            else:
+                rendered = render.done(job, finished, spoiler=verdict == SPOILER)
+            # The row becomes 'done' only after the final edit was sent: a crash in between
+            # runs the job again rather than losing the picture.
+            await self._replies.finish(job, rendered)
+            if await db.mark_done(self._conn, job.id, str(path), finished.clip_score) is None:
+                log.info("job %s was no longer running when it finished", job.id)
+            self._notify(job.id, "done")
+        except Exception:
+            log.exception("could not finish job %s", job.id)
+
+    async def _finish_failed(self, job: Job, message: str) -> None:
+        try:
+            await self._replies.finish(job, render.failed(job, message))
+            await db.mark_failed(self._conn, job.id, message)
+            self._notify(job.id, "failed")
+        except Exception:
+            log.exception("could not record the failure of job %s", job.id)
+
+    async def _finish_cancelled(self, job: Job) -> None:
+        try:
+            row = await db.get_job(self._conn, job.id)
+            by = row.cancelled_by if row is not None else None
+            if row is not None and not row.finished:
+                await db.mark_cancelled(self._conn, job.id)
+            await self._replies.finish(job, render.cancelled(job, by))
+            self._notify(job.id, "cancelled")
+        except Exception:
+            log.exception("could not finish the cancelled job %s", job.id)
+
+    async def _check_image(self, job: Job, png: bytes) -> str:
+        if self.image_check is None:
+            return SHOW
+        try:
+            return await self.image_check.check_image(job, png)
+        except Exception:
+            # A broken check must not lose the picture; moderators see the log.
+            log.exception("image check of job %s failed; showing the image", job.id)
+            return SHOW

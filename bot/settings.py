@@ -1,0 +1,254 @@
+"""The bot's settings: one frozen object, built in ``main()`` from the environment and an
+optional TOML file, never at import time.
+
+Precedence: environment variable > TOML file (named by ``IMAGINE_CONFIG``) > default. The TOML
+file is flat; its keys are the field names below (``api_base = "..."``, ``edit_interval = 3``)
+or the environment names (``DISCORD_API_BASE = "..."``).
+
+The bot token is a secret: it is hidden from ``repr``, and ``RedactingFilter`` scrubs it (and
+interaction tokens inside webhook URLs) from every log record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
+# Square first (it is the default), then aspect ratios. Every side is a multiple of 16 so the
+# VQGAN generators (downsampling factor 16) take all of them.
+DEFAULT_SIZES = ("256x256", "384x384", "512x512", "384x256", "256x384", "448x256", "256x448")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a value the bot cannot use; the message says which and how
+    to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can set. Field names double as TOML keys."""
+
+    token: str = field(repr=False)
+    api_base: str = DEFAULT_API_BASE
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    db_path: Path = Path("data/imagine.db")
+    output_dir: Path = Path("data/outputs")
+    # "tiny", a TOML file, or None for the engine's built-in defaults.
+    models: str | None = None
+    # "cuda", "cuda:1", "cpu"; None lets the engine choose.
+    device: str | None = None
+    # Guilds to sync the slash commands to (instant); empty = global sync (up to an hour).
+    guild_ids: tuple[int, ...] = ()
+    # Progress edits: at most one per message every edit_interval seconds, and at most
+    # channel_edit_limit edits per channel_edit_window seconds across all messages of a channel
+    # (Discord allows about 5 per 5 s; one slot is left for other messages of the bot).
+    edit_interval: float = 3.0
+    channel_edit_limit: int = 4
+    channel_edit_window: float = 5.0
+    # Interaction tokens live 15 minutes; the bot stops using one token_margin seconds early
+    # and continues in a channel message.
+    token_lifetime: float = 15 * 60.0
+    token_margin: float = 30.0
+    # Attachments: bytes downloaded at most, pixels decoded at most (decompression bombs).
+    max_attachment_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    # Defaults for /imagine options the user leaves out.
+    default_steps: int = 250
+    max_steps: int = 1000
+    sizes: tuple[str, ...] = DEFAULT_SIZES
+    progress_every: int = 10
+    # Whole-bot queue cap; a restart puts a job back at most max_attempts times.
+    global_queue_cap: int = 200
+    max_attempts: int = 3
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.token or not self.token.strip():
+            raise SettingsError(
+                "DISCORD_TOKEN is not set: put the bot token from the Discord developer portal "
+                "in the DISCORD_TOKEN environment variable"
+            )
+        for name in ("edit_interval", "channel_edit_window", "token_lifetime"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be above 0, not {getattr(self, name)}")
+        for name in (
+            "channel_edit_limit",
+            "max_attachment_bytes",
+            "max_image_pixels",
+            "default_steps",
+            "max_steps",
+            "progress_every",
+            "global_queue_cap",
+            "max_attempts",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be 1 or more, not {getattr(self, name)}")
+        if self.token_margin < 0 or self.token_margin >= self.token_lifetime:
+            raise SettingsError("token_margin must be 0 or more and below token_lifetime")
+        if self.default_steps > self.max_steps:
+            raise SettingsError(
+                f"default_steps ({self.default_steps}) is above max_steps ({self.max_steps})"
+            )
+        if not self.sizes:
+            raise SettingsError("sizes is empty; give at least one size like 256x256")
+        for size in self.sizes:
+            parse_size(size)
+
+    @property
+    def input_dir(self) -> Path:
+        """Where downloaded attachments are kept, so a job can be rebuilt after a restart."""
+        return self.output_dir / "inputs"
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return parse_size(self.sizes[0])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"384x256" -> (384, 256)."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", text)
+    if match is None:
+        raise SettingsError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 256x256")
+    return int(match.group(1)), int(match.group(2))
+
+
+# Environment name -> field name. The names in DESIGN.md first, then the bot's own.
+ENV_NAMES: dict[str, str] = {
+    "DISCORD_TOKEN": "token",
+    "DISCORD_API_BASE": "api_base",
+    "DISCORD_GATEWAY_URL": "gateway_url",
+    "IMAGINE_DB": "db_path",
+    "IMAGINE_OUTPUT_DIR": "output_dir",
+    "IMAGINE_MODELS": "models",
+    "IMAGINE_DEVICE": "device",
+    "IMAGINE_GUILD_IDS": "guild_ids",
+    "IMAGINE_EDIT_INTERVAL": "edit_interval",
+    "IMAGINE_CHANNEL_EDIT_LIMIT": "channel_edit_limit",
+    "IMAGINE_CHANNEL_EDIT_WINDOW": "channel_edit_window",
+    "IMAGINE_TOKEN_LIFETIME": "token_lifetime",
+    "IMAGINE_TOKEN_MARGIN": "token_margin",
+    "IMAGINE_MAX_ATTACHMENT_BYTES": "max_attachment_bytes",
+    "IMAGINE_MAX_IMAGE_PIXELS": "max_image_pixels",
+    "IMAGINE_DEFAULT_STEPS": "default_steps",
+    "IMAGINE_MAX_STEPS": "max_steps",
+    "IMAGINE_SIZES": "sizes",
+    "IMAGINE_PROGRESS_EVERY": "progress_every",
+    "IMAGINE_GLOBAL_QUEUE_CAP": "global_queue_cap",
+    "IMAGINE_MAX_ATTEMPTS": "max_attempts",
+    "IMAGINE_LOG_LEVEL": "log_level",
+}
+_FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """Turn a TOML value or an environment string into the field's type."""
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [str(item).strip() for item in items if str(item).strip()]
+            return tuple(int(i) for i in items) if "int" in kind else tuple(items)
+        if kind == "str | None":
+            text = str(value).strip()
+            return text or None
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{source} must be {kind}, not {value!r}") from None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_path: str | Path | None = None
+) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``) and the TOML file named by
+    ``config_path`` or ``IMAGINE_CONFIG``. Raises SettingsError with a fixable message."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_path if config_path is not None else env.get("IMAGINE_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as file:
+                table = tomllib.load(file)
+        except FileNotFoundError:
+            raise SettingsError(f"IMAGINE_CONFIG names {path}, which does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"{path} is not valid TOML: {error}") from None
+        for key, value in table.items():
+            name = ENV_NAMES.get(key, key)
+            if name not in _FIELD_TYPES:
+                known = ", ".join(sorted(_FIELD_TYPES))
+                raise SettingsError(f"{path}: unknown setting {key!r}; known settings: {known}")
+            values[name] = _convert(name, value, f"{key} in {path}")
+    for env_name, name in ENV_NAMES.items():
+        raw = env.get(env_name)
+        if raw is not None and raw != "":
+            values[name] = _convert(name, raw, env_name)
+    if not values.get("token"):
+        raise SettingsError(
+            "DISCORD_TOKEN is not set: put the bot token from the Discord developer portal "
+            "in the DISCORD_TOKEN environment variable"
+        )
+    return Settings(**values)
+
+
+# Interaction tokens sit in webhook and callback URLs: /webhooks/<app id>/<token>/...,
+# /interactions/<id>/<token>/callback. They are short-lived secrets; keep them out of logs too.
+_URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]+")
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces the bot token and interaction tokens in log records with [REDACTED]."""
+
+    def __init__(self, *secrets: str) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[REDACTED]")
+        return _URL_TOKEN.sub(r"\1[REDACTED]", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Format the traceback now so it can be scrubbed as well.
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.redact(formatted)
+            record.exc_info = None
+        if cleaned != message or record.args:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def configure_logging(settings: Settings) -> RedactingFilter:
+    """Log to stderr with the token filter on the handler (so records from every logger,
+    discord.py's included, pass through it)."""
+    redactor = RedactingFilter(settings.token)
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    return redactor

@@ -1,0 +1,80 @@
+"""The job buttons: Re-roll, Variation, Cancel.
+
+They are DynamicItems: the custom_id ("job:<id>:<action>") carries the job id, and everything
+else comes from the job's row when the button is pressed, so buttons keep working after a
+restart without any view being stored in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Protocol
+
+import discord
+
+from bot.render import BUTTONS_CANCEL, BUTTONS_DONE, BUTTONS_NONE
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+ACTIONS = ("reroll", "variation", "cancel")
+CUSTOM_ID = re.compile(r"job:(?P<job_id>[0-9]{1,20}):(?P<action>reroll|variation|cancel)")
+
+_LOOKS: dict[str, tuple[str, discord.ButtonStyle, str]] = {
+    "reroll": ("Re-roll", discord.ButtonStyle.primary, "🎲"),
+    "variation": ("Variation", discord.ButtonStyle.secondary, "🎨"),
+    "cancel": ("Cancel", discord.ButtonStyle.danger, "✖"),
+}
+
+
+def custom_id(job_id: int, action: str) -> str:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown job action {action!r}")
+    return f"job:{job_id}:{action}"
+
+
+class ButtonHandler(Protocol):
+    """What the bot does when a job button is pressed (``bot.jobs.JobService``)."""
+
+    async def on_button(
+        self, interaction: discord.Interaction[Any], job_id: int, action: str
+    ) -> None: ...
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID):
+    def __init__(self, job_id: int, action: str) -> None:
+        label, style, emoji = _LOOKS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=style, emoji=emoji, custom_id=custom_id(job_id, action)
+            )
+        )
+        self.job_id = job_id
+        self.action = action
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: re.Match[str],
+    ) -> JobButton:
+        return cls(int(match["job_id"]), match["action"])
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.on_button(interaction, self.job_id, self.action)
+
+
+def job_view(job_id: int | None, buttons: str) -> discord.ui.View | None:
+    """The buttons a job's message carries in a given state (None: no buttons)."""
+    if job_id is None or buttons == BUTTONS_NONE:
+        return None
+    view = discord.ui.View(timeout=None)
+    if buttons == BUTTONS_CANCEL:
+        view.add_item(JobButton(job_id, "cancel"))
+    elif buttons == BUTTONS_DONE:
+        view.add_item(JobButton(job_id, "reroll"))
+        view.add_item(JobButton(job_id, "variation"))
+    else:
+        raise ValueError(f"unknown button set {buttons!r}")
+    return view

@@ -1,0 +1,118 @@
+"""Admission limits, checked by ``create_job`` inside its write transaction.
+
+The counts come from the job rows themselves (an index makes them cheap), so they are exact,
+survive restarts, and need no separate counter to keep in step:
+
+- jobs per hour: the user's jobs in this guild created in the last hour, except failed ones
+  (a failure is the bot's fault); cancelled ones count, or cancel-and-resubmit would dodge it.
+- waiting: queued + running jobs of the user in this guild, of the guild, and of the whole bot.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from db._rows import fetch_all, fetch_one
+from db.errors import LimitExceeded
+from db.models import Limits
+
+HOUR = 3600.0
+
+
+def describe_wait(seconds: float) -> str:
+    """'in 12 minutes', 'in 45 seconds', 'in 1 hour' (rounded up: never too early)."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        count, unit = max(1, int(-(-seconds // 1))), "second"
+    elif seconds < 3600:
+        count, unit = int(-(-seconds // 60)), "minute"
+    else:
+        count, unit = int(-(-seconds // 3600)), "hour"
+    return f"in {count} {unit}{'s' if count != 1 else ''}"
+
+
+async def _check_hourly(
+    conn: aiosqlite.Connection, user_id: int, guild_id: int | None, limit: int, now: float
+) -> None:
+    rows = await fetch_all(
+        conn,
+        "SELECT created_at FROM jobs WHERE user_id = ? AND guild_id IS ? AND created_at > ?"
+        " AND status != 'failed' ORDER BY created_at",
+        (user_id, guild_id, now - HOUR),
+    )
+    if len(rows) < limit:
+        return
+    if limit == 0:
+        raise LimitExceeded(
+            "jobs_per_hour",
+            0,
+            None,
+            "The moderators of this server have paused new jobs (0 per hour). "
+            "Ask them to raise the limit with /limits.",
+        )
+    # len(rows) - limit + 1 of the counted jobs must leave the window before a new one fits
+    # (more than one when moderators lowered the limit below what was already used).
+    freeing = rows[len(rows) - limit]["created_at"]
+    retry_after = max(0.0, freeing + HOUR - now)
+    raise LimitExceeded(
+        "jobs_per_hour",
+        limit,
+        retry_after,
+        f"You have reached this server's limit of {limit} job{'s' if limit != 1 else ''} per "
+        f"hour. You can start a new one {describe_wait(retry_after)}.",
+    )
+
+
+async def check_limits(
+    conn: aiosqlite.Connection,
+    user_id: int,
+    guild_id: int | None,
+    limits: Limits,
+    global_queue_cap: int,
+    now: float,
+) -> None:
+    """Raise ``LimitExceeded`` for the first limit a new job would break. Call it inside a
+    ``BEGIN IMMEDIATE`` transaction that then inserts the job, so no other writer can slip a
+    job in between the count and the insert."""
+    await _check_hourly(conn, user_id, guild_id, limits.jobs_per_hour, now)
+
+    # One statement for the three waiting counts: one hop to aiosqlite's thread, not three.
+    counts = await fetch_one(
+        conn,
+        "SELECT COALESCE(SUM(user_id = ? AND guild_id IS ?), 0) AS user_waiting,"
+        " COALESCE(SUM(guild_id IS ?), 0) AS guild_waiting, COUNT(*) AS total_waiting"
+        " FROM jobs WHERE status IN ('queued', 'running')",
+        (user_id, guild_id, guild_id),
+    )
+    assert counts is not None  # an aggregate always returns one row
+    user_waiting = int(counts["user_waiting"])
+    guild_waiting = int(counts["guild_waiting"])
+    total_waiting = int(counts["total_waiting"])
+    if user_waiting >= limits.waiting_per_user:
+        limit = limits.waiting_per_user
+        raise LimitExceeded(
+            "waiting_per_user",
+            limit,
+            None,
+            f"You already have {user_waiting} job{'s' if user_waiting != 1 else ''} waiting or "
+            f"running, and this server allows {limit} at a time. Try again when one of them "
+            "finishes (see /queue), or cancel one.",
+        )
+
+    if guild_waiting >= limits.waiting_per_guild:
+        raise LimitExceeded(
+            "waiting_per_guild",
+            limits.waiting_per_guild,
+            None,
+            f"This server already has {guild_waiting} jobs waiting, its limit of "
+            f"{limits.waiting_per_guild}. Try again in a few minutes, when some have finished.",
+        )
+
+    if total_waiting >= global_queue_cap:
+        raise LimitExceeded(
+            "global_queue_cap",
+            global_queue_cap,
+            None,
+            f"The bot's queue is full ({total_waiting} jobs across all servers). "
+            "Try again in a few minutes.",
+        )

@@ -1,0 +1,161 @@
+"""Loading model weights without running code from the file.
+
+A pickled checkpoint (.ckpt / .pt / .pth) can name any Python callable, and unpickling calls it:
+a downloaded file could run anything. ``torch.load(weights_only=True)`` refuses the published
+VQGAN checkpoints outright, because they are Lightning pickles that also hold callback and
+optimiser objects. So the unpickler here resolves only an allow-list of tensor-rebuilding
+functions and plain containers; every other global becomes an inert placeholder that is never
+called with the file's arguments. The tensors come out; nothing else runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generation.errors import CheckpointError
+
+# What a state dict needs to be rebuilt, and nothing that can act on the outside world.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): torch._utils._rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+}
+for _dtype in (
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+):  # fmt: skip
+    _ALLOWED[("torch", str(_dtype).removeprefix("torch."))] = _dtype
+
+
+class Skipped:
+    """Stands in for any object the allow-list does not cover (Lightning callbacks, optimiser
+    states, numpy scalars, ...). Whatever the file asks for, it records nothing and does
+    nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Skipped:
+        return Skipped()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _SkippedClass(Skipped):
+    """What find_class returns for a global that is not allowed: calling it (REDUCE, NEWOBJ)
+    or instantiating it yields a Skipped."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Skipped:  # type: ignore[misc]
+        return Skipped()
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED.get((module, name))
+        if allowed is not None:
+            return allowed
+        if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+            return _rebuild_from_type_v2
+        return _SkippedClass
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: tuple, state: Any) -> Any:
+    # Tensor subclasses: keep the plain tensor. ``func`` already came through find_class.
+    result = func(*args)
+    return result if isinstance(result, torch.Tensor) else Skipped()
+
+
+class _RestrictedPickleModule:
+    """What torch.load expects of its ``pickle_module``, with the restricted unpickler."""
+
+    Unpickler = _AllowListUnpickler
+    UnpicklingError = pickle.UnpicklingError
+    __name__ = "generation.checkpoints.restricted_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _AllowListUnpickler(file, **kwargs).load()
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """The whole checkpoint object with only its tensors and plain containers rebuilt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        return torch.load(
+            path,
+            map_location="cpu",
+            pickle_module=_RestrictedPickleModule,  # type: ignore[arg-type]
+            weights_only=False,  # our unpickler does the restricting
+            mmap=zipfile.is_zipfile(path) or None,
+        )
+    except CheckpointError:
+        raise
+    except (Exception, EOFError) as error:  # noqa: BLE001 - corrupt files fail in many ways
+        raise CheckpointError(
+            f"checkpoint {path.name} is corrupt or truncated ({type(error).__name__}); "
+            f"download it again"
+        ) from None
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint as a flat state dict. Lightning checkpoints keep theirs under
+    "state_dict"; other entries (callbacks, optimiser states) are dropped."""
+    data = load_checkpoint(path)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {Path(path).name} holds no state dict of tensors")
+    tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint {Path(path).name} holds no tensors")
+    return tensors
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path.name} is corrupt or truncated ({type(error).__name__}); "
+            f"download it again"
+        ) from None
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write tensors as .safetensors (e.g. to convert a pickled checkpoint once)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))

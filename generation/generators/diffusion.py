@@ -1,0 +1,347 @@
+"""CLIP-guided diffusion: a pixel-space diffusion model denoises an image, and at every step the
+gradient of the CLIP loss on its predicted clean image steers the denoising toward the prompt.
+
+A diffusion model trained without text (a diffusers ``UNet2DModel``) predicts, from a noisy image
+x_t, the noise in it; from that follows its guess of the clean image x0. CLIP scores that guess
+(with cutouts, like the VQGAN loop), and the gradient of the loss with respect to x_t shifts the
+predicted noise, as classifier guidance does (Dhariwal & Nichol 2021, with CLIP as the
+classifier):
+
+    eps' = eps + sqrt(1 - alpha_bar_t) * grad_x_t(guidance_scale * loss)
+
+The scheduler (DDIM or DDPM from diffusers) then takes its usual step with eps'. An init image is
+noised to the level of the first step that is not skipped, so ``skip_steps`` decides how much of
+it survives.
+
+Keys of ``[generators.diffusion]`` in the models TOML (all optional):
+
+    model = "google/ddpm-ema-church-256"  # a hub id or a local folder saved by diffusers, or
+                                          # "tiny" (random, for tests; the tiny preset's default)
+    unet_subfolder = ""         # where config.json of the UNet is ("unet" for pipeline layouts)
+    scheduler_subfolder = ""    # where scheduler_config.json is ("scheduler" for pipelines)
+    scheduler = "ddim"          # "ddim" or "ddpm"
+    eta = 0.0                   # DDIM's noise (0 deterministic, 1 like DDPM)
+    clamp_grad = 0.05           # cap on the RMS of the guidance gradient (0: no cap)
+    grad_through_unet = true    # back-propagate through the UNet (better, ~3x the compute)
+
+Hub weights are cached under the models file's cache_dir (``hub/``); ``.bin`` files are read by
+diffusers with ``torch.load(weights_only=True)``, which builds only tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from generation.errors import BadRequest, WeightsNotFound
+from generation.guidance import ClipGuide
+from generation.images import load_image, pil_to_tensor, tensor_to_pil
+from generation.loop import clamp_with_grad, torch_generator
+from generation.models import CONFIG_DIR, ModelStore
+from generation.request import (
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    RunControl,
+    check_multiple,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "diffusion"
+DEFAULT_MODEL = "google/ddpm-ema-church-256"
+TINY = "tiny"
+TINY_UNET = CONFIG_DIR / "tiny-diffusion-unet.json"
+TINY_SCHEDULER = CONFIG_DIR / "tiny-diffusion-scheduler.json"
+SCHEDULERS = ("ddim", "ddpm")
+HOW_TO_GET = (
+    "Set model = under [generators.diffusion] in your models TOML (IMAGINE_MODELS) to a folder "
+    "saved by diffusers (config.json + diffusion_pytorch_model.safetensors, and "
+    "scheduler_config.json), or to a Hugging Face Hub id such as google/ddpm-ema-church-256 "
+    "and run once with network access so it downloads into the cache."
+)
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    model: str
+    unet_subfolder: str = ""
+    scheduler_subfolder: str = ""
+    scheduler: str = "ddim"
+    eta: float = 0.0
+    clamp_grad: float = 0.05
+    grad_through_unet: bool = True
+
+
+@dataclass
+class DiffusionModel:
+    unet: nn.Module  # a diffusers UNet2DModel, frozen, on the store's device
+    scheduler_config: dict[str, Any]  # a fresh scheduler is made per run: they hold state
+    name: str  # for metadata
+    factor: int  # width and height must be multiples of this
+
+
+def settings_for(store: ModelStore) -> DiffusionSettings:
+    """[generators.diffusion] of the models TOML, over the defaults."""
+    section = dict(store.config.generator_section(NAME))
+    default = TINY if store.is_tiny else DEFAULT_MODEL
+    model = str(section.get("model", default))
+    if model != TINY and not _is_hub_id(model):
+        model = store.config.path(model)  # relative paths are relative to the TOML file
+    try:
+        settings = DiffusionSettings(
+            model=model,
+            unet_subfolder=str(section.get("unet_subfolder", "")),
+            scheduler_subfolder=str(section.get("scheduler_subfolder", "")),
+            scheduler=str(section.get("scheduler", "ddim")),
+            eta=float(section.get("eta", 0.0)),
+            clamp_grad=float(section.get("clamp_grad", 0.05)),
+            grad_through_unet=bool(section.get("grad_through_unet", True)),
+        )
+    except (TypeError, ValueError) as error:
+        raise BadRequest(f"[generators.diffusion] in {store.config.source}: {error}") from None
+    if settings.scheduler not in SCHEDULERS:
+        raise BadRequest(
+            f"[generators.diffusion] scheduler must be one of {', '.join(SCHEDULERS)}, "
+            f"not {settings.scheduler!r}"
+        )
+    if not 0 <= settings.eta <= 1 or settings.clamp_grad < 0:
+        raise BadRequest("[generators.diffusion] needs eta from 0 to 1 and clamp_grad >= 0")
+    return settings
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(store: ModelStore, settings: DiffusionSettings | None = None) -> DiffusionModel:
+    """The UNet and scheduler settings named by the models TOML, loaded once."""
+    settings = settings or settings_for(store)
+    key = f"diffusion:{settings.model}:{settings.unet_subfolder}:{settings.scheduler_subfolder}"
+    return store.get_or_load(key, lambda: _load(store, settings))
+
+
+def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    if settings.model == TINY:
+        with store.seeded_init(0):
+            unet = UNet2DModel.from_config(UNet2DModel.load_config(str(TINY_UNET)))
+        scheduler_config = dict(DDPMScheduler.load_config(str(TINY_SCHEDULER)))
+    else:
+        what = f"diffusion model {settings.model}"
+        unet = from_pretrained(
+            UNet2DModel, settings.model, settings.unet_subfolder, store, what=what
+        )
+        scheduler_config = dict(
+            from_pretrained(
+                DDPMScheduler, settings.model, settings.scheduler_subfolder, store, what=what
+            ).config
+        )
+    unet = unet.to(store.device).eval().requires_grad_(False)
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    log.info("loaded diffusion UNet %s (factor %d)", settings.model, factor)
+    return DiffusionModel(unet, scheduler_config, settings.model, factor)
+
+
+def from_pretrained(
+    cls: Any, spec: str, subfolder: str, store: ModelStore, *, what: str, how_to_get: str = HOW_TO_GET
+) -> Any:
+    """``cls.from_pretrained`` from a local folder or a hub id (cached under the store's cache
+    dir), turning "not there" into WeightsNotFound that says how to get it."""
+    if not _is_hub_id(spec):
+        folder = Path(spec).expanduser() / subfolder
+        if not folder.is_dir():
+            raise WeightsNotFound(f"{what} not found: no folder {folder}. {how_to_get}")
+    try:
+        return cls.from_pretrained(
+            spec,
+            subfolder=subfolder or None,
+            cache_dir=str(store.cache_dir / "hub"),
+            local_files_only=not store.config.download,
+        )
+    except (OSError, ValueError) as error:
+        raise WeightsNotFound(
+            f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
+            f"{how_to_get}"
+        ) from None
+
+
+def _is_hub_id(spec: str) -> bool:
+    """"owner/name" that is not a local path."""
+    if spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists():
+        return False
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def make_scheduler(config: dict[str, Any], kind: str) -> Any:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    # Keys the other scheduler class has and this one lacks only trigger a warning.
+    return cls.from_config(config)
+
+
+# --------------------------------------------------------------------------- guidance math
+
+
+def to_epsilon(
+    output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The noise a model output implies, for each diffusers prediction type."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "sample":
+        return (sample - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt()
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * sample
+    raise BadRequest(f"unsupported prediction type {prediction_type!r} in the scheduler config")
+
+
+def from_epsilon(
+    eps: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The model output of ``prediction_type`` that implies noise ``eps`` (inverse of
+    to_epsilon), so the scheduler can take its step with the guided noise."""
+    if prediction_type == "epsilon":
+        return eps
+    original = predicted_original(eps, sample, alpha_bar)
+    if prediction_type == "sample":
+        return original
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * original
+    raise BadRequest(f"unsupported prediction type {prediction_type!r} in the scheduler config")
+
+
+def predicted_original(
+    eps: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar)."""
+    return (sample - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
+    """Scale ``grad`` down so its root mean square is at most ``max_rms`` (0: unchanged). A
+    cap keeps one large CLIP gradient early in the schedule from blowing the sample apart."""
+    if max_rms <= 0:
+        return grad
+    rms = grad.pow(2).mean().sqrt()
+    return grad * (max_rms / rms.clamp(min=max_rms))
+
+
+# --------------------------------------------------------------------------- the generator
+
+
+def check(request: GenerationRequest, store: ModelStore) -> None:
+    """Loads the model (a missing one fails here, before any work) and checks the size."""
+    model = load_model(store)
+    check_multiple(request, model.factor, NAME)
+    if request.skip_steps and not request.init_image:
+        raise BadRequest("skip steps start from a noised init image: give an init image too")
+
+
+def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> GenerationResult:
+    settings = settings_for(store)
+    model = load_model(store, settings)
+    unet = model.unet
+    device = store.device
+    generator = torch_generator(request.seed, device)
+    scheduler = make_scheduler(model.scheduler_config, settings.scheduler)
+    prediction_type = scheduler.config.prediction_type
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)  # [T]
+
+    # 1. Text, image and noise prompts are embedded once, for every CLIP model.
+    guide = ClipGuide.from_request(request, store.perceptor(), generator)
+
+    # 2. The schedule: `steps` timesteps, of which the first `skip_steps` are skipped.
+    scheduler.set_timesteps(request.steps, device=device)
+    timesteps = scheduler.timesteps[request.skip_steps :]
+    total = len(timesteps)
+
+    # 3. The starting sample: noise, or the init image noised to the first timestep's level.
+    shape = (1, unet.config.in_channels, request.height, request.width)
+    noise = torch.randn(shape, generator=generator, device=device)  # [1, 3, H, W]
+    if request.init_image:
+        pixels = pil_to_tensor(
+            load_image(request.init_image), (request.width, request.height)
+        ).to(device)  # [1, 3, H, W] in [0, 1]
+        sample = scheduler.add_noise(pixels * 2 - 1, noise, timesteps[:1])
+    else:
+        sample = noise * scheduler.init_noise_sigma
+
+    started = time.perf_counter()
+    loss_value = float("nan")
+    for index, t in enumerate(timesteps):
+        # 4. Stop here if the caller cancelled (within one step of the request).
+        control.check(index)
+        alpha_bar = alphas_cumprod[int(t)]
+
+        # 5. Predict the noise, and from it the clean image, with the graph kept so the CLIP
+        #    loss can be differentiated with respect to the noisy sample.
+        with torch.enable_grad():
+            x_t = sample.detach().requires_grad_(True)  # [1, 3, H, W]
+            unet_input = x_t if settings.grad_through_unet else x_t.detach()
+            model_input = scheduler.scale_model_input(unet_input, t)
+            with store.autocast():
+                output = unet(model_input, t).sample.float()  # [1, 3, H, W]
+            eps = to_epsilon(output, x_t, alpha_bar, prediction_type)
+            original = predicted_original(eps, x_t, alpha_bar)  # [1, 3, H, W] in ~[-1, 1]
+            image = clamp_with_grad((original + 1) / 2)  # [1, 3, H, W] in [0, 1]
+
+            # 6. The CLIP loss of the predicted clean image, and its gradient on x_t.
+            loss = guide.loss(image)
+            loss_value = float(loss.detach())
+            if request.guidance_scale > 0:
+                (grad,) = torch.autograd.grad(loss * request.guidance_scale, x_t)
+                grad = clamp_rms(grad, settings.clamp_grad)
+            else:
+                grad = torch.zeros_like(x_t)
+
+        # 7. Shift the predicted noise along the gradient and let the scheduler step.
+        guided_eps = eps.detach() + (1 - alpha_bar).sqrt() * grad
+        guided_output = from_epsilon(guided_eps, sample, alpha_bar, prediction_type)
+        sample = scheduler.step(
+            guided_output, t, sample, generator=generator, **_step_kwargs(settings)
+        ).prev_sample.detach()
+
+        # 8. Progress with the clean image predicted at this step.
+        if control.wants_progress(index + 1, total, request.progress_every):
+            control.on_progress(
+                Progress(
+                    step=index + 1,
+                    total=total,
+                    loss=loss_value,
+                    image=tensor_to_pil(image.detach()),
+                    elapsed=time.perf_counter() - started,
+                )
+            )
+
+    # 9. The final sample is the picture.
+    with torch.no_grad():
+        final = ((sample + 1) / 2).clamp(0, 1)  # [1, 3, H, W]
+        score = guide.similarity(final)
+    return GenerationResult(
+        image=tensor_to_pil(final),
+        request=request,
+        steps_done=total,
+        elapsed=time.perf_counter() - started,
+        loss=loss_value,
+        clip_score=score,
+        metadata={
+            "diffusion_model": Path(model.name).name if not _is_hub_id(model.name) else model.name,
+            "scheduler": settings.scheduler,
+            "guidance_scale": f"{request.guidance_scale:g}",
+            "skip_steps": str(request.skip_steps),
+        },
+    )
+
+
+def _step_kwargs(settings: DiffusionSettings) -> dict[str, Any]:
+    """DDIM takes eta; DDPM's noise is fixed by its variance schedule."""
+    return {"eta": settings.eta} if settings.scheduler == "ddim" else {}

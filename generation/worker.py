@@ -1,0 +1,403 @@
+"""The single GPU worker: one thread owns the device; the asyncio side submits and awaits.
+
+Everything that touches torch or encodes a PNG runs on the worker's thread. Results, errors and
+progress frames come back to the event loop through ``loop.call_soon_threadsafe`` (the same
+bridge aiosqlite uses for sqlite3), so a coroutine never waits on torch and the loop never stalls.
+
+Jobs run one at a time in submission order. Short calls (text embeddings for moderation, CLIP
+scores) must not wait minutes behind a running job, so the running generator services them
+between two of its steps through ``RunControl.between_steps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from generation.errors import GenerationCancelled, GenerationError
+from generation.request import GenerationRequest, Progress, RunControl
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Preview frames are shown in a Discord embed a few hundred pixels wide; a smaller frame keeps
+# uploads quick and edits cheap.
+PREVIEW_MAX_SIDE = 384
+
+
+@dataclass(frozen=True)
+class ProgressFrame:
+    job_id: object
+    step: int
+    total: int
+    loss: float
+    elapsed: float
+    eta: float
+    png: bytes  # small preview PNG, encoded on the worker thread
+
+
+@dataclass(frozen=True)
+class FinishedImage:
+    png: bytes  # the full PNG with metadata text chunks
+    width: int
+    height: int
+    seed: int
+    steps_done: int
+    elapsed: float
+    loss: float
+    clip_score: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class JobHandle:
+    """The asyncio side's view of one submitted job."""
+
+    def __init__(self, job_id: object, future: asyncio.Future[FinishedImage]) -> None:
+        self.job_id = job_id
+        self._future = future
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; the generator raises GenerationCancelled within one step."""
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    async def wait(self) -> FinishedImage:
+        # shield: a caller that stops waiting must not cancel the future the thread resolves.
+        return await asyncio.shield(self._future)
+
+
+@dataclass
+class _Job:
+    handle: JobHandle
+    request: GenerationRequest
+    on_progress: Callable[[ProgressFrame], None] | None
+
+
+@dataclass
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+def _encode_png(image: Any, metadata: dict[str, str] | None = None) -> bytes:
+    from generation.png import encode_png
+
+    return encode_png(image, metadata or {})
+
+
+def _preview_png(image: Any) -> bytes:
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    buf = io.BytesIO()
+    # compress_level 1: previews are thrown away; speed matters more than bytes.
+    preview.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _default_store_factory(models_spec: str | None, device: str | None) -> Any:
+    from generation.models import ModelsConfig, ModelStore
+
+    return ModelStore(ModelsConfig.load(models_spec), device=device)
+
+
+class GpuWorker:
+    """Owns the device thread. Create, ``await start()``, submit jobs, ``await close()``."""
+
+    def __init__(
+        self,
+        models_spec: str | None,
+        *,
+        device: str | None = None,
+        store_factory: Callable[[str | None, str | None], Any] | None = None,
+        generate: Callable[..., Any] | None = None,
+    ) -> None:
+        self._models_spec = models_spec
+        self._device = device
+        self._store_factory = store_factory or _default_store_factory
+        self._generate = generate
+        self.store: Any = None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: _Job | None = None
+        self._next_id = 0
+
+    # ---- asyncio side -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the device thread and load the models there; raises what loading raised."""
+        if self._thread is not None:
+            raise RuntimeError("the worker is already started")
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name="gpu-worker", daemon=True
+        )
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Cancel the running job and stop the thread (waits for it off the event loop)."""
+        self._stopping.set()
+        current = self._current
+        if current is not None:
+            current.handle.cancel()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self._fail_pending(GenerationError("the worker was shut down; the job was not finished"))
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        on_progress: Callable[[ProgressFrame], None] | None = None,
+        *,
+        job_id: object = None,
+    ) -> JobHandle:
+        """Queue a job. ``on_progress`` is called on the event loop with each ProgressFrame."""
+        loop = self._require_started()
+        if job_id is None:
+            self._next_id += 1
+            job_id = self._next_id
+        handle = JobHandle(job_id, loop.create_future())
+        self._jobs.put(_Job(handle, request, on_progress))
+        self._wake.set()
+        return handle
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(store, *args)`` on the device thread, between steps of a running job."""
+        loop = self._require_started()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put(_Call(fn, args, future))
+        self._wake.set()
+        return await future
+
+    async def embed_texts(self, texts: list[str]) -> list[list[float]]:
+        """L2-normalised CLIP text embeddings from the first perceptor model."""
+        from generation.engine import embed_texts
+
+        return await self.call(embed_texts, list(texts))
+
+    async def clip_score(self, png: bytes, prompt: str) -> float:
+        return await self.call(_clip_score_of_png, png, prompt)
+
+    async def rank_captions(self, image: bytes, captions: list[str]) -> list[tuple[str, float]]:
+        return await self.call(_rank_png, image, list(captions))
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def generator_names(self) -> tuple[str, ...]:
+        from generation.generators import generator_names
+
+        return generator_names()
+
+    def describe(self) -> dict[str, str]:
+        """Plain facts for /info: device, models, generators, preset."""
+        store = self.store
+        facts = {"generators": ", ".join(self.generator_names())}
+        if store is None:
+            return facts | {"device": "not started"}
+        facts["device"] = str(getattr(store, "device", "unknown"))
+        describe = getattr(store, "describe", None)
+        if callable(describe):
+            facts.update({str(k): str(v) for k, v in describe().items()})
+        return facts
+
+    def _require_started(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._thread is None or self._stopping.is_set():
+            raise RuntimeError("the worker is not running: await start() first")
+        return self._loop
+
+    # ---- bridge helpers (called from the device thread) ---------------------------------------
+
+    def _resolve(self, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            # The loop is closed: nobody is waiting any more.
+            log.debug("event loop closed before a result could be delivered")
+
+    def _emit(self, job: _Job, frame: ProgressFrame) -> None:
+        callback = job.on_progress
+        if callback is None or self._loop is None:
+            return
+
+        def deliver() -> None:
+            try:
+                callback(frame)
+            except Exception:
+                log.exception("progress callback for job %s failed", job.handle.job_id)
+
+        try:
+            self._loop.call_soon_threadsafe(deliver)
+        except RuntimeError:
+            log.debug("event loop closed before a progress frame could be delivered")
+
+    def _fail_pending(self, error: GenerationError) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if not job.handle._future.done():
+                job.handle._future.set_exception(error)
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    # ---- device thread ------------------------------------------------------------------------
+
+    def _thread_main(self, ready: asyncio.Future[None]) -> None:
+        try:
+            self._configure_threads()
+            self.store = self._store_factory(self._models_spec, self._device)
+            warm = getattr(self.store, "perceptor", None)
+            if callable(warm):
+                warm()  # load CLIP now, so the first job and moderation checks don't wait for it
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting start()
+            self._resolve(ready, error=error)
+            return
+        self._resolve(ready, None)
+        while not self._stopping.is_set():
+            self._run_calls()
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            self._run_job(job)
+        self._run_calls()
+
+    def _configure_threads(self) -> None:
+        """On a CPU, leave one core to the event loop so heartbeats and replies stay prompt."""
+        import torch
+
+        if (self._device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+            cores = os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores - 1))
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result = call.fn(self.store, *call.args)
+            except BaseException as error:  # noqa: BLE001 - delivered to the caller
+                self._resolve(call.future, error=error)
+            else:
+                self._resolve(call.future, result)
+
+    def _run_job(self, job: _Job) -> None:
+        handle = job.handle
+        if handle.cancel_requested:
+            self._resolve(handle._future, error=GenerationCancelled(0))
+            return
+        self._current = job
+        control = RunControl(
+            cancel=handle._cancel,
+            on_progress=lambda progress: self._on_progress(job, progress),
+            between_steps=self._run_calls,
+        )
+        try:
+            result = self._generate_fn()(job.request, self.store, control)
+            finished = FinishedImage(
+                png=_encode_png(result.image, result.metadata),
+                width=result.image.width,
+                height=result.image.height,
+                seed=result.request.seed,
+                steps_done=result.steps_done,
+                elapsed=result.elapsed,
+                loss=result.loss,
+                clip_score=result.clip_score,
+                metadata=dict(result.metadata),
+            )
+        except GenerationError as error:
+            self._resolve(handle._future, error=error)
+        except Exception as error:
+            # Anything else is a bug or an unexpected fault; the user gets a short message, the
+            # log gets the traceback, and the worker goes on with the next job.
+            log.exception("job %s failed", handle.job_id)
+            wrapped = GenerationError(f"internal error ({type(error).__name__}); the job failed")
+            self._resolve(handle._future, error=wrapped)
+        else:
+            self._resolve(handle._future, finished)
+        finally:
+            self._current = None
+
+    def _on_progress(self, job: _Job, progress: Progress) -> None:
+        frame = ProgressFrame(
+            job_id=job.handle.job_id,
+            step=progress.step,
+            total=progress.total,
+            loss=progress.loss,
+            elapsed=progress.elapsed,
+            eta=progress.eta,
+            png=_preview_png(progress.image),
+        )
+        self._emit(job, frame)
+
+    def _generate_fn(self) -> Callable[..., Any]:
+        if self._generate is None:
+            from generation.engine import generate
+
+            self._generate = generate
+        return self._generate
+
+
+def _decode_png(data: bytes) -> Any:
+    from generation.images import load_image
+
+    return load_image(io.BytesIO(data))
+
+
+def _clip_score_of_png(store: Any, png: bytes, prompt: str) -> float:
+    from generation.judge import clip_score
+
+    return clip_score(store, _decode_png(png), prompt)
+
+
+def _rank_png(store: Any, image: bytes, captions: list[str]) -> list[tuple[str, float]]:
+    from generation.judge import rank_captions
+
+    return rank_captions(store, _decode_png(image), captions)

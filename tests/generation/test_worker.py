@@ -1,0 +1,183 @@
+"""The GPU worker's thread bridge, with a stand-in generator so these tests isolate the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+from generation.errors import BadRequest, GenerationCancelled, GenerationError
+from generation.request import GenerationRequest, GenerationResult, Progress
+from generation.worker import GpuWorker, ProgressFrame
+
+TIMEOUT = 10
+
+
+class FakeStore:
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.thread_names: list[str] = []
+
+    def describe(self) -> dict[str, str]:
+        return {"perceptor": "fake"}
+
+
+class SteppingGenerator:
+    """Runs ``request.steps`` steps; each step may be held until the test releases it."""
+
+    def __init__(self, hold_at: int | None = None) -> None:
+        self.hold_at = hold_at
+        self.reached_hold = threading.Event()
+        self.release = threading.Event()
+        self.steps_run: list[int] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, request, store, control):
+        self.threads.add(threading.current_thread().name)
+        if request.prompt == "explode":
+            raise KeyError("boom")
+        if request.prompt == "bad":
+            raise BadRequest("width 250 is not a multiple of 16")
+        image = Image.new("RGB", (request.width, request.height), (request.seed % 256, 0, 0))
+        for i in range(request.steps):
+            control.check(i)
+            self.steps_run.append(i)
+            if self.hold_at == i:
+                self.reached_hold.set()
+                assert self.release.wait(TIMEOUT)
+            step = i + 1
+            if control.wants_progress(step, request.steps, request.progress_every):
+                control.on_progress(Progress(step, request.steps, 1.0 / step, image, 0.01 * step))
+        return GenerationResult(
+            image=image,
+            request=request,
+            steps_done=request.steps,
+            elapsed=0.1,
+            loss=0.5,
+            clip_score=0.25,
+            metadata={"prompt": request.prompt, "seed": str(request.seed)},
+        )
+
+
+async def started_worker(generator) -> GpuWorker:
+    worker = GpuWorker("fake", store_factory=lambda spec, device: FakeStore(), generate=generator)
+    await worker.start()
+    return worker
+
+
+async def test_job_result_and_progress_arrive_on_the_event_loop():
+    generator = SteppingGenerator()
+    worker = await started_worker(generator)
+    frames: list[ProgressFrame] = []
+    loop_thread = threading.current_thread().name
+    callback_threads: set[str] = set()
+
+    def on_progress(frame: ProgressFrame) -> None:
+        callback_threads.add(threading.current_thread().name)
+        frames.append(frame)
+
+    try:
+        handle = worker.submit(
+            GenerationRequest("a fox", seed=7, steps=10, width=32, height=32, progress_every=3),
+            on_progress,
+            job_id="job-1",
+        )
+        finished = await asyncio.wait_for(handle.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+
+    assert generator.threads == {"gpu-worker"}
+    assert callback_threads == {loop_thread}
+    # Every 3rd step and the last one.
+    assert [f.step for f in frames] == [3, 6, 9, 10]
+    assert all(f.job_id == "job-1" for f in frames)
+    assert Image.open(io.BytesIO(frames[0].png)).size == (32, 32)
+    assert (finished.width, finished.height, finished.seed) == (32, 32, 7)
+    decoded = Image.open(io.BytesIO(finished.png))
+    assert decoded.getpixel((0, 0)) == (7, 0, 0)
+    assert decoded.text["prompt"] == "a fox"
+
+
+async def test_cancel_stops_within_one_step():
+    generator = SteppingGenerator(hold_at=4)
+    worker = await started_worker(generator)
+    try:
+        handle = worker.submit(GenerationRequest("a fox", steps=100, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        handle.cancel()
+        generator.release.set()
+        with pytest.raises(GenerationCancelled) as caught:
+            await asyncio.wait_for(handle.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+    assert caught.value.step == 5
+    assert generator.steps_run[-1] == 4
+
+
+async def test_failing_job_is_reported_and_the_next_job_runs():
+    worker = await started_worker(SteppingGenerator())
+    try:
+        crash = worker.submit(GenerationRequest("explode", steps=2, width=32, height=32))
+        refused = worker.submit(GenerationRequest("bad", steps=2, width=32, height=32))
+        fine = worker.submit(GenerationRequest("fine", steps=2, width=32, height=32))
+        with pytest.raises(GenerationError, match="internal error"):
+            await asyncio.wait_for(crash.wait(), TIMEOUT)
+        with pytest.raises(BadRequest, match="multiple of 16"):
+            await asyncio.wait_for(refused.wait(), TIMEOUT)
+        result = await asyncio.wait_for(fine.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+    assert result.steps_done == 2
+
+
+async def test_short_calls_run_between_steps_of_a_long_job():
+    generator = SteppingGenerator(hold_at=2)
+    worker = await started_worker(generator)
+    try:
+        handle = worker.submit(GenerationRequest("a fox", steps=50, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        call = asyncio.ensure_future(worker.call(lambda store, x: (x * 2, len(generator.steps_run)), 21))
+        generator.release.set()
+        value, steps_when_called = await asyncio.wait_for(call, TIMEOUT)
+        await asyncio.wait_for(handle.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+    assert value == 42
+    # The call ran while the job was still going, not after its 50 steps.
+    assert steps_when_called < 50
+
+
+async def test_a_cancelled_job_that_never_started_is_not_run():
+    generator = SteppingGenerator(hold_at=0)
+    worker = await started_worker(generator)
+    try:
+        first = worker.submit(GenerationRequest("first", steps=3, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        second = worker.submit(GenerationRequest("second", steps=3, width=32, height=32))
+        second.cancel()
+        generator.release.set()
+        await asyncio.wait_for(first.wait(), TIMEOUT)
+        with pytest.raises(GenerationCancelled):
+            await asyncio.wait_for(second.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+    assert len(generator.steps_run) == 3
+
+
+async def test_load_failure_is_raised_by_start():
+    def broken(spec, device):
+        raise GenerationError("weights missing: put them in models/")
+
+    worker = GpuWorker("broken", store_factory=broken, generate=SteppingGenerator())
+    with pytest.raises(GenerationError, match="weights missing"):
+        await worker.start()
+
+
+async def test_submit_before_start_is_refused():
+    worker = GpuWorker("fake", store_factory=lambda s, d: FakeStore(), generate=SteppingGenerator())
+    with pytest.raises(RuntimeError, match="start"):
+        worker.submit(GenerationRequest("x"))
