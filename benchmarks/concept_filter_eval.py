@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bot.moderation.concept_eval import EvalReport, load_eval_set, pick_threshold, sweep_thresholds
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_embedder(args: argparse.Namespace):  # -> (embed function, description)
+def load_embedder(args: argparse.Namespace) -> tuple[Callable[[list[str]], list[list[float]]], str]:
+    """The text embedder to measure, and a description of it; exits 2 without weights."""
     # Imported here: the hub reads HF_HUB_OFFLINE when it is first imported.
     from generation.errors import GenerationError
     from generation.models import ModelsConfig, ModelStore

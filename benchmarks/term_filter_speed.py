@@ -68,9 +68,8 @@ def main() -> None:
     print(f"{len(terms)} terms: compile {cold * 1000:.0f} ms cold, {warm * 1000:.1f} ms warm")
 
     for prompt in ORDINARY:
-        print(
-            f"  {per_call_ms(matcher, prompt, args.repeats):7.3f} ms  {len(prompt):5} chars  ordinary"
-        )
+        elapsed = per_call_ms(matcher, prompt, args.repeats)
+        print(f"  {elapsed:7.3f} ms  {len(prompt):5} chars  ordinary")
     for name, prompt in HOSTILE.items():
         repeats = max(1, args.repeats // 20)
         print(f"  {per_call_ms(matcher, prompt, repeats):7.3f} ms  {len(prompt):5} chars  {name}")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.exts.imagine", "bot.exts.info")
 # Written by the moderation work; loaded when it is there.
-OPTIONAL_EXTENSIONS = ("bot.exts.moderation",)
+OPTIONAL_EXTENSIONS = ("bot.exts.moderation", "bot.exts.rank")  # moderation helper: + rank
 
 
 def point_discord_at(settings: Settings) -> None:

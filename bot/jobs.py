@@ -117,7 +117,13 @@ class JobService:
             kwargs = edit_kwargs(rendered)
             if deferred:
                 kwargs.pop("attachments")
+                # End the ephemeral "thinking" first: while it is loading, Discord would turn the
+                # first followup into that (ephemeral) message instead of a public one.
+                await interaction.edit_original_response(
+                    content=f"Queued as picture #{job.id}; it appears in the channel."
+                )
                 message = await interaction.followup.send(wait=True, **kwargs)
+                self.ack_latencies.append(time.monotonic() - received)
                 await db.set_reply(
                     self._conn,
                     job.id,
@@ -126,10 +132,6 @@ class JobService:
                     application_id=interaction.application_id,
                     token_expires_at=expires,
                     message_id=message.id,
-                )
-                self.ack_latencies.append(time.monotonic() - received)
-                await interaction.edit_original_response(
-                    content=f"Queued as picture #{job.id}; it appears in the channel."
                 )
             else:
                 kwargs.pop("attachments")

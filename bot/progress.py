@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -51,7 +52,12 @@ class ReplySink(Protocol):
 
 
 class EditWindow:
-    """A sliding window: at most ``limit`` events in any ``period`` seconds."""
+    """A sliding window: at most ``limit`` events in any ``period`` seconds.
+
+    An edit is recorded when its request has completed: Discord may have counted it at any
+    moment between sending and answering, and the completion time is the latest of those, so
+    spacing by it keeps the limit however long a request took. Edits still in flight are
+    passed as ``pending`` and count as being inside the window."""
 
     def __init__(self, limit: int, period: float) -> None:
         if limit < 1 or period <= 0:
@@ -64,12 +70,17 @@ class EditWindow:
         while self._times and self._times[0] <= now - self.period:
             self._times.popleft()
 
-    def wait_time(self, now: float) -> float:
-        """Seconds until one more event fits (0 when it fits now)."""
+    def wait_time(self, now: float, pending: int = 0) -> float:
+        """Seconds until one more event fits (0 when it fits now; ``math.inf`` when only an
+        edit in flight finishing can make room)."""
         self._prune(now)
-        if len(self._times) < self.limit:
+        # How many recorded events must leave the window before one more fits.
+        must_leave = len(self._times) + pending - self.limit + 1
+        if must_leave <= 0:
             return 0.0
-        return self._times[0] + self.period - now
+        if must_leave > len(self._times):
+            return math.inf
+        return self._times[must_leave - 1] + self.period - now
 
     def record(self, now: float) -> None:
         self._prune(now)
@@ -94,7 +105,8 @@ class MessageThrottle:
 
 class ChannelGate:
     """Hands out edit slots for one channel. Final edits go first: while one waits, progress
-    edits hold back."""
+    edits hold back. A waiter's priority is asked anew each time it looks, so a reporter whose
+    final arrives while it waits moves up at once."""
 
     # How long a held-back progress edit waits before it looks again.
     RECHECK = 0.25
@@ -103,22 +115,29 @@ class ChannelGate:
         self.window = EditWindow(limit, window)
         self._clock = clock
         self._sleep = sleep
-        self._finals_waiting = 0
+        self._waiters: dict[object, Callable[[], bool]] = {}
+        self._inflight = 0
 
-    async def acquire(self, *, final: bool) -> None:
-        if final:
-            self._finals_waiting += 1
+    def _final_waiting(self) -> bool:
+        return any(is_final() for is_final in self._waiters.values())
+
+    async def acquire(self, is_final: Callable[[], bool]) -> None:
+        """Wait for a slot; call ``release`` when the edit's request has completed."""
+        token = object()
+        self._waiters[token] = is_final
         try:
             while True:
-                now = self._clock()
-                wait = self.window.wait_time(now)
-                if wait <= 0 and (final or self._finals_waiting == 0):
-                    self.window.record(now)
+                wait = self.window.wait_time(self._clock(), self._inflight)
+                if wait <= 0 and (is_final() or not self._final_waiting()):
+                    self._inflight += 1
                     return
-                await self._sleep(wait if wait > 0 else self.RECHECK)
+                await self._sleep(wait if 0 < wait < math.inf else self.RECHECK)
         finally:
-            if final:
-                self._finals_waiting -= 1
+            del self._waiters[token]
+
+    def release(self) -> None:
+        self._inflight -= 1
+        self.window.record(self._clock())
 
 
 class AckGate:
@@ -240,15 +259,23 @@ class JobReporter:
             if wait > 0:
                 await self._sleep(wait)
                 continue
-            await self._gate.acquire(final=self._final is not None)
-            self._throttle.record(self._clock())
-            if self._final is not None:
-                if await self._send_final(self._final):
-                    return
-                continue
-            rendered, self._pending = self._pending, None
-            assert rendered is not None
-            await self._send_progress(rendered)
+            await self._gate.acquire(lambda: self._final is not None)
+            try:
+                if self._final is not None:
+                    outcome = await self._send_final(self._final)
+                else:
+                    rendered, self._pending = self._pending, None
+                    assert rendered is not None
+                    await self._send_progress(rendered)
+                    outcome = None
+            finally:
+                # Spacing counts from the moment the request completed (see EditWindow).
+                self._gate.release()
+                self._throttle.record(self._clock())
+            if outcome == "done":
+                return
+            if outcome is not None:  # a retry delay after a transient failure of the final
+                await self._sleep(float(outcome))
 
     async def _send(self, rendered: Rendered, final: bool) -> None:
         self.sent += 1
@@ -268,8 +295,9 @@ class JobReporter:
         except Exception:
             log.exception("progress edit of job %s failed", self.job_id)
 
-    async def _send_final(self, rendered: Rendered) -> bool:
-        """One attempt at the final edit; True when the pump is done (landed or given up)."""
+    async def _send_final(self, rendered: Rendered) -> str | float:
+        """One attempt at the final edit: "done" (landed or given up) or seconds to wait
+        before the next attempt."""
         self._final_tries += 1
         try:
             await self._send(rendered, final=True)
@@ -282,23 +310,22 @@ class JobReporter:
                     error,
                 )
                 self._landed.set_result(False)
-                return True
+                return "done"
             backoff = min(2.0 ** (self._final_tries - 1), 30.0)
             log.warning(
                 "final edit of job %s failed (%s); retrying in %.0f s", self.job_id, error, backoff
             )
-            await self._sleep(backoff)
-            return False
+            return backoff
         except PermanentSendError as error:
             log.error("final edit of job %s cannot be sent: %s", self.job_id, error)
             self._landed.set_result(False)
-            return True
+            return "done"
         except Exception:
             log.exception("final edit of job %s failed unexpectedly", self.job_id)
             self._landed.set_result(False)
-            return True
+            return "done"
         self._landed.set_result(True)
-        return True
+        return "done"
 
 
 class ReplyManager:
@@ -330,6 +357,8 @@ class ReplyManager:
         self.acks = AckGate()
         self._gates: dict[int | None, ChannelGate] = {}
         self._reporters: dict[int, JobReporter] = {}
+        # Jobs whose final edit was sent: a late progress frame must not reopen their message.
+        self._finished: OrderedDict[int, None] = OrderedDict()
         self._on_sent: list[Callable[[int, Rendered, bool], None]] = []
 
     def add_listener(self, listener: Callable[[int, Rendered, bool], None]) -> None:
@@ -375,6 +404,8 @@ class ReplyManager:
 
     def update(self, job: Job, rendered: Rendered) -> None:
         """Show ``rendered`` on the job's message when the limits allow (newest wins)."""
+        if job.id in self._finished:
+            return
         self.reporter(job).update(rendered)
 
     async def finish(self, job: Job, rendered: Rendered) -> bool:
@@ -386,6 +417,9 @@ class ReplyManager:
             if self._reporters.get(job.id) is reporter:
                 del self._reporters[job.id]
             self.acks.forget(job.id)
+            self._finished[job.id] = None
+            while len(self._finished) > 10_000:
+                self._finished.popitem(last=False)
 
     def active(self) -> int:
         return len(self._reporters)

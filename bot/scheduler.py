@@ -142,12 +142,14 @@ class Scheduler:
         on the queue at the next start); finishing edits get ``grace`` seconds."""
         self._stopping = True
         self._wake.set()
+        current = self._current
+        if current is not None:
+            current[1].cancel()  # type: ignore[attr-defined]  # stops within one step
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         if self._background:
             _, pending = await asyncio.wait(list(self._background), timeout=grace)
             for task in pending:
@@ -179,6 +181,8 @@ class Scheduler:
             await self._run(job)
 
     async def _run(self, job: Job) -> None:
+        if self._stopping:
+            return  # taken as the bot stopped: left 'running', it is requeued at the next start
         state = _Running(job)
         if job.id in self._aborted:
             del self._aborted[job.id]

@@ -187,13 +187,17 @@ class GpuWorker:
         self._wake.set()
         return handle
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(store, *args)`` on the device thread, between steps of a running job."""
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(store, *args)`` on the device thread, between steps of a running job.
+
+        The call is queued at once (not when the returned future is first awaited), so calls
+        run in the order they were made.
+        """
         loop = self._require_started()
         future: asyncio.Future[T] = loop.create_future()
         self._calls.put(_Call(fn, args, future))
         self._wake.set()
-        return await future
+        return future
 
     async def embed_texts(self, texts: list[str]) -> list[list[float]]:
         """L2-normalised CLIP text embeddings from the first perceptor model."""
@@ -222,10 +226,9 @@ class GpuWorker:
         facts = {"generators": ", ".join(self.generator_names())}
         if store is None:
             return facts | {"device": "not started"}
-        facts["device"] = str(getattr(store, "device", "unknown"))
-        describe = getattr(store, "describe", None)
-        if callable(describe):
-            facts.update({str(k): str(v) for k, v in describe().items()})
+        facts["device"] = _device_name(store.device)
+        facts["perceptor"] = store.describe()
+        facts["preset"] = "tiny (random weights: pictures are noise)" if store.is_tiny else "real"
         return facts
 
     def _require_started(self) -> asyncio.AbstractEventLoop:
@@ -385,10 +388,22 @@ class GpuWorker:
         return self._generate
 
 
-def _decode_png(data: bytes) -> Any:
-    from generation.images import load_image
+def _device_name(device: Any) -> str:
+    import torch
 
-    return load_image(io.BytesIO(data))
+    if getattr(device, "type", None) == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _decode_png(data: bytes) -> Any:
+    """Decode image bytes the bot has already size- and type-checked (PIL's own
+    decompression-bomb limit still applies)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
 
 
 def _clip_score_of_png(store: Any, png: bytes, prompt: str) -> float:

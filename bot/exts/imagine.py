@@ -17,7 +17,7 @@ from discord.ext import commands
 import db
 from bot import render
 from bot.admission import Refused
-from bot.attachments import AttachmentError, fetch_image
+from bot.attachments import AttachmentError, check_declared, fetch_image
 from bot.jobs import random_seed
 from bot.settings import parse_size
 
@@ -127,11 +127,17 @@ class ImagineCog(commands.Cog):
         if not attachments:
             await jobs.submit(interaction, spec)
             return
-        # Refuse bad options and blocked prompts before downloading anything.
+        # Refuse bad options, blocked prompts and files that are too big or not images by what
+        # Discord says about them, all before downloading anything.
         try:
             await jobs.admission.precheck(spec)
+            for attachment, what in attachments:
+                check_declared(attachment, max_bytes=settings.max_attachment_bytes, what=what)
         except Refused as refused:
             await jobs.refuse(interaction, refused.message)
+            return
+        except AttachmentError as error:
+            await jobs.refuse(interaction, str(error))
             return
         # Downloads may take longer than Discord's 3 seconds: answer "thinking" (ephemeral, so
         # an error about the file is seen by its sender only), then post the job publicly.

@@ -7,9 +7,9 @@ How a prompt is matched against a term (the rules moderators rely on):
   zero-width and other invisible characters make no difference.
 * **Stand-ins.** Where the term has a letter, the prompt may have a digit or symbol that looks
   like it: 0 o, 1 i or l, 3 e, 4 a, 5 s, 6 b or g, 7 t, 8 b, 9 g, @ a, $ s, ! i, | i or l,
-  + t (and ¡ i, ¢ c, € e, which are simply read as those letters). Each letter of the term accepts its own set of stand-ins, so an ambiguous "1" is
-  tried as i and as l: "k111" is "kill". A term word that has no letters at all ("1488") is
-  matched digit for digit.
+  + t (and ¡ i, ¢ c, € e, which are simply read as those letters). Each letter of the term
+  accepts its own set of stand-ins, so an ambiguous "1" is tried as i and as l: "k111" is
+  "kill". A term word that has no letters at all ("1488") is matched digit for digit.
 * **Punctuation inside a word is skipped**: "n.s.f.w", "n-s-f-w", "n_s_f_w", "ns*fw", emoji
   between letters.
 * **Spaces are skipped only in spelled-out words**: two or more single characters in a row

@@ -18,6 +18,11 @@ from generation.errors import BadRequest
 
 GENERATORS: dict[str, str] = {
     "vqgan": "generation.generators.vqgan",
+    "diffusion": "generation.generators.diffusion",
+    "latent_diffusion": "generation.generators.latent_diffusion",
+    "pixels": "generation.generators.pixels",
+    "fourier": "generation.generators.fourier",
+    "siren": "generation.generators.siren",
 }
 
 

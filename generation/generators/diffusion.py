@@ -91,12 +91,9 @@ def settings_for(store: ModelStore) -> DiffusionSettings:
     """[generators.diffusion] of the models TOML, over the defaults."""
     section = dict(store.config.generator_section(NAME))
     default = TINY if store.is_tiny else DEFAULT_MODEL
-    model = str(section.get("model", default))
-    if model != TINY and not _is_hub_id(model):
-        model = store.config.path(model)  # relative paths are relative to the TOML file
     try:
         settings = DiffusionSettings(
-            model=model,
+            model=resolve_spec(store, str(section.get("model", default))),
             unet_subfolder=str(section.get("unet_subfolder", "")),
             scheduler_subfolder=str(section.get("scheduler_subfolder", "")),
             scheduler=str(section.get("scheduler", "ddim")),
@@ -154,17 +151,19 @@ def from_pretrained(
 ) -> Any:
     """``cls.from_pretrained`` from a local folder or a hub id (cached under the store's cache
     dir), turning "not there" into WeightsNotFound that says how to get it."""
-    if not _is_hub_id(spec):
+    if not is_hub_id(spec):
         folder = Path(spec).expanduser() / subfolder
         if not folder.is_dir():
             raise WeightsNotFound(f"{what} not found: no folder {folder}. {how_to_get}")
+    # diffusers and transformers both take these; an empty subfolder is left out.
+    options: dict[str, Any] = {
+        "cache_dir": str(store.cache_dir / "hub"),
+        "local_files_only": not store.config.download,
+    }
+    if subfolder:
+        options["subfolder"] = subfolder
     try:
-        return cls.from_pretrained(
-            spec,
-            subfolder=subfolder or None,
-            cache_dir=str(store.cache_dir / "hub"),
-            local_files_only=not store.config.download,
-        )
+        return cls.from_pretrained(spec, **options)
     except (OSError, ValueError) as error:
         raise WeightsNotFound(
             f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
@@ -172,7 +171,16 @@ def from_pretrained(
         ) from None
 
 
-def _is_hub_id(spec: str) -> bool:
+def resolve_spec(store: ModelStore, spec: str) -> str:
+    """A model spec from the TOML: "tiny", a hub id, or a local folder (relative paths are
+    relative to the TOML file, and win over a hub id of the same spelling when they exist)."""
+    if spec == TINY:
+        return spec
+    local = Path(store.config.path(spec))
+    return str(local) if local.exists() or not is_hub_id(spec) else spec
+
+
+def is_hub_id(spec: str) -> bool:
     """"owner/name" that is not a local path."""
     if spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists():
         return False
@@ -307,7 +315,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         guided_eps = eps.detach() + (1 - alpha_bar).sqrt() * grad
         guided_output = from_epsilon(guided_eps, sample, alpha_bar, prediction_type)
         sample = scheduler.step(
-            guided_output, t, sample, generator=generator, **_step_kwargs(settings)
+            guided_output, t, sample, generator=generator, **step_kwargs(settings.scheduler, settings.eta)
         ).prev_sample.detach()
 
         # 8. Progress with the clean image predicted at this step.
@@ -334,7 +342,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         loss=loss_value,
         clip_score=score,
         metadata={
-            "diffusion_model": Path(model.name).name if not _is_hub_id(model.name) else model.name,
+            "diffusion_model": Path(model.name).name if not is_hub_id(model.name) else model.name,
             "scheduler": settings.scheduler,
             "guidance_scale": f"{request.guidance_scale:g}",
             "skip_steps": str(request.skip_steps),
@@ -342,6 +350,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     )
 
 
-def _step_kwargs(settings: DiffusionSettings) -> dict[str, Any]:
-    """DDIM takes eta; DDPM's noise is fixed by its variance schedule."""
-    return {"eta": settings.eta} if settings.scheduler == "ddim" else {}
+def step_kwargs(scheduler: str, eta: float) -> dict[str, Any]:
+    """DDIM takes eta, and must recompute its noise from the clipped clean image: otherwise,
+    where the scheduler clips x0 (pixel models clip to [-1, 1]), the guided noise would be
+    kept while the guided x0 is clipped away, and the step would move against the guidance.
+    DDPM's posterior is built from the clipped x0 alone, so it needs neither."""
+    return {"eta": eta, "use_clipped_model_output": True} if scheduler == "ddim" else {}

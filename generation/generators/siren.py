@@ -7,8 +7,9 @@ initialisation keeps every layer's output distributed the same way however deep 
 is, which lets it represent fine detail; the network's smoothness gives the pictures their
 flowing look. It needs no weights beyond CLIP: the network starts random, from the seed.
 
-With an init image, the network's output is added to the image's pre-activation (logit), so
-step 0 shows the init image exactly and the network learns a change to it.
+With an init image, the network's output is added to the image's pre-activation (logit) and its
+output layer starts at zero, so the first step shows the init image exactly and the network
+learns a change to it.
 
 Optional keys in the models TOML:
 
@@ -54,7 +55,9 @@ TINY_SETTINGS = SirenSettings(layers=3, hidden=32, w0=30.0)
 class Siren(nn.Module):
     """coordinates [N, 2] in [-1, 1] -> values [N, 3] (unbounded; the caller squashes them)."""
 
-    def __init__(self, settings: SirenSettings, generator: torch.Generator) -> None:
+    def __init__(
+        self, settings: SirenSettings, generator: torch.Generator, *, zero_output: bool = False
+    ) -> None:
         super().__init__()
         self.w0 = settings.w0
         device = generator.device
@@ -71,7 +74,9 @@ class Siren(nn.Module):
                 bound = 1 / n_in if index == 0 else math.sqrt(6 / n_in) / self.w0
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
-            bound = math.sqrt(6 / settings.hidden) / self.w0
+            # zero_output: the network starts as exactly 0 (the init image, unchanged); the
+            # output layer's gradient is not zero, so it learns from the first step.
+            bound = 0.0 if zero_output else math.sqrt(6 / settings.hidden) / self.w0
             self.output.weight.uniform_(-bound, bound, generator=generator)
             self.output.bias.zero_()
 
@@ -131,9 +136,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     guide = ClipGuide.from_request(request, store.perceptor(), generator)
 
     # 2. The network, initialised from the seed, and the pixel coordinates it is asked about.
-    network = Siren(settings, generator)
+    #    With an init image it learns an offset to the image's logits, starting from zero.
+    network = Siren(settings, generator, zero_output=bool(request.init_image))
     coordinates = coordinate_grid(height, width, device)  # [H*W, 2]
-    # With an init image the network learns an offset to the image's logits (zero = init).
     if request.init_image:
         pixels = pil_to_tensor(load_image(request.init_image), (width, height)).to(device)
         base = torch.logit(pixels.clamp(EPS, 1 - EPS))  # [1, 3, H, W]

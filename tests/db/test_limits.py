@@ -231,3 +231,18 @@ async def test_limits_bans_and_counts_survive_reopening(db_path: Path) -> None:
         assert refused.value.retry_after == pytest.approx(3600 - 2)
     finally:
         await conn.close()
+
+
+async def test_direct_message_jobs_use_the_defaults(conn: aiosqlite.Connection) -> None:
+    settings = await db.get_guild_settings(conn, None)
+    assert settings.limits == db.DEFAULT_LIMITS and settings.guild_id is None
+    with pytest.raises(ValueError, match="direct messages"):
+        await db.set_guild_settings(conn, None, actor_id=MOD, jobs_per_hour=1)  # type: ignore[arg-type]
+    for i in range(3):
+        job = await db.create_job(conn, make_spec(1, guild_id=None), now=T0 + i)
+        assert job.guild_id is None
+    with pytest.raises(db.LimitExceeded) as refused:
+        await db.create_job(conn, make_spec(1, guild_id=None), now=T0 + 3)
+    assert refused.value.limit_name == "waiting_per_user"
+    # A guild's jobs of the same user are counted apart from the direct-message ones.
+    assert (await db.create_job(conn, make_spec(1), now=T0 + 4)).guild_id == GUILD

@@ -3,7 +3,12 @@
 See README.md in this folder for the API.
 """
 
-from .client import configure_discord_urls, discord_py_pointed_at, point_discord_py_at, running_client
+from .client import (
+    configure_discord_urls,
+    discord_py_pointed_at,
+    point_discord_py_at,
+    running_client,
+)
 from .faults import EditRateLimit, FaultRule, max_in_window
 from .interactions import InteractionHandle
 from .models import (

@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.fakediscord", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
-    parser.add_argument("--token", default="fake-bot-token", help="the bot token the client must use")
+    parser.add_argument(
+        "--token", default="fake-bot-token", help="the bot token the client must use"
+    )
     parser.add_argument(
         "--no-ack-deadline",
         action="store_true",
@@ -33,10 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    fake = FakeDiscord(token=args.token, interaction_ack_timeout=None if args.no_ack_deadline else 3.0)
+    fake = FakeDiscord(
+        token=args.token, interaction_ack_timeout=None if args.no_ack_deadline else 3.0
+    )
     await fake.start(args.host, args.port)
     # One JSON line first, for scripts; then the same for people.
-    print(json.dumps({"api_base": fake.api_base, "gateway_url": fake.gateway_url, "port": fake.port}))
+    print(
+        json.dumps({"api_base": fake.api_base, "gateway_url": fake.gateway_url, "port": fake.port})
+    )
     print(f"DISCORD_API_BASE={fake.api_base}")
     print(f"DISCORD_GATEWAY_URL={fake.gateway_url}")
     print("DISCORD_TOKEN=<the --token value>")

@@ -65,7 +65,10 @@ def discord_py_pointed_at(fake: FakeDiscord) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def running_client(
-    client: ClientT, fake: FakeDiscord, *, timeout: float = 15.0
+    client: ClientT,
+    fake: FakeDiscord,
+    *,
+    timeout: float = 15.0,  # noqa: ASYNC109 -- the tests' documented API
 ) -> AsyncIterator[ClientT]:
     """Start client against fake, wait until it has identified, and close it afterwards.
 

@@ -31,7 +31,8 @@ def install_control_routes(app: web.Application, fake: FakeDiscord) -> None:
                 "gateway_url": fake.gateway_url,
                 "global_commands": sorted(name for name, _ in fake.global_commands),
                 "guild_commands": {
-                    str(g): sorted(name for name, _ in cmds) for g, cmds in fake.guild_commands.items()
+                    str(g): sorted(name for name, _ in cmds)
+                    for g, cmds in fake.guild_commands.items()
                 },
                 "messages": [
                     {
@@ -49,7 +50,8 @@ def install_control_routes(app: web.Application, fake: FakeDiscord) -> None:
                 "calls": [c.summary() for c in fake.calls[-50:]],
                 "unknown_routes": [c.summary() for c in fake.unknown_calls],
                 "sessions": [
-                    {"id": s.id, "connected": s.connected, "seq": s.seq} for s in fake.gateway.sessions.values()
+                    {"id": s.id, "connected": s.connected, "seq": s.seq}
+                    for s in fake.gateway.sessions.values()
                 ],
             }
         )

@@ -21,7 +21,9 @@ from .recording import Call
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     # aiohttp's json_response says "application/json; charset=utf-8"; discord.py compares the
     # header to "application/json" exactly and would treat the body as text.
     all_headers = dict(JSON_HEADERS)
@@ -55,7 +57,8 @@ class DiscordError(Exception):
         return body
 
 
-# The errors the fake answers with (https://discord.com/developers/docs/topics/opcodes-and-status-codes).
+# The errors the fake answers with
+# (https://discord.com/developers/docs/topics/opcodes-and-status-codes).
 def unknown_channel() -> DiscordError:
     return DiscordError(404, 10003, "Unknown Channel")
 
@@ -105,7 +108,9 @@ def cannot_edit_others_message() -> DiscordError:
 
 
 def wrong_application() -> DiscordError:
-    return DiscordError(403, 20012, "You are not authorized to perform this action on this application")
+    return DiscordError(
+        403, 20012, "You are not authorized to perform this action on this application"
+    )
 
 
 def empty_message() -> DiscordError:
@@ -151,7 +156,11 @@ def rate_limited_response(
     }
     if is_global:
         headers["X-RateLimit-Global"] = "true"
-    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
+    body = {
+        "message": "You are being rate limited.",
+        "retry_after": retry_after,
+        "global": is_global,
+    }
     return json_response(body, status=429, headers=headers)
 
 

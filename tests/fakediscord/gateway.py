@@ -44,6 +44,7 @@ INTENT_GUILD_MEMBERS = 1 << 1
 INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_DIRECT_MESSAGES = 1 << 12
 
+CLOSE_DECODE_ERROR = 4002
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
 
@@ -123,7 +124,15 @@ class Gateway:
         try:
             async for msg in ws:
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._on_frame(conn, json.loads(msg.data))
+                    try:
+                        frame = json.loads(msg.data)
+                    except json.JSONDecodeError:
+                        log.warning("gateway: a frame that is not JSON; closing with 4002")
+                        await ws.close(
+                            code=CLOSE_DECODE_ERROR, message=b"Error while decoding payload."
+                        )
+                        break
+                    await self._on_frame(conn, frame)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     log.warning("gateway: binary (ETF) frames are not supported; ignored")
         finally:
@@ -202,7 +211,9 @@ class Gateway:
                 await conn.send(frame)
             await self._send_dispatch(session, "RESUMED", {"_trace": ["fakediscord"]})
         self.active_session = session
-        fake._record_gateway("resumed", conn, data={"replayed": len(missed), "from_seq": client_seq})
+        fake._record_gateway(
+            "resumed", conn, data={"replayed": len(missed), "from_seq": client_seq}
+        )
 
     async def _request_members(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
         fake = self._fake
@@ -244,7 +255,9 @@ class Gateway:
         self._fake._changed()
         return session.seq
 
-    async def dispatch(self, event: str, data: Any, *, session: GatewaySession | None = None) -> int:
+    async def dispatch(
+        self, event: str, data: Any, *, session: GatewaySession | None = None
+    ) -> int:
         """Send a dispatch event on the active session and return its sequence number.
 
         While the client is disconnected the frame is kept and replayed on RESUME."""
@@ -309,6 +322,8 @@ class Gateway:
     async def close_all(self) -> None:
         for conn in list(self.connections):
             try:
-                await asyncio.wait_for(conn.ws.close(code=1001, message=b"fakediscord stopping"), 2.0)
+                await asyncio.wait_for(
+                    conn.ws.close(code=1001, message=b"fakediscord stopping"), 2.0
+                )
             except (TimeoutError, ConnectionError, RuntimeError):
                 conn.abort()

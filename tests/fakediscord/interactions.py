@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .faults import as_matcher
 from .models import (
     FakeAttachment,
     FakeChannel,
@@ -53,7 +54,12 @@ ALLOWED_CALLBACKS = {
         MODAL,
     },
     AUTOCOMPLETE: {AUTOCOMPLETE_RESULT},
-    MODAL_SUBMIT: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE},
+    MODAL_SUBMIT: {
+        CHANNEL_MESSAGE,
+        DEFERRED_CHANNEL_MESSAGE,
+        DEFERRED_UPDATE_MESSAGE,
+        UPDATE_MESSAGE,
+    },
 }
 
 # Application command option types
@@ -145,16 +151,25 @@ class InteractionHandle:
     # -- waiting -----------------------------------------------------------------------------
 
     async def wait_for_call(
-        self, predicate: Callable[[Call], bool] | None = None, *, timeout: float = 10.0
+        self,
+        predicate: Callable[[Call], bool] | str | None = None,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- the tests' documented API
     ) -> Call:
-        """The first finished call of this interaction that satisfies predicate."""
+        """The first finished call of this interaction that matches (a predicate on Call or
+        a route name such as "edit_webhook_message")."""
+        wanted = as_matcher(predicate)
 
         def match(call: Call) -> bool:
-            return self._is_mine(call) and (predicate is None or predicate(call))
+            return self._is_mine(call) and wanted(call)
 
         return await self.fake.wait_for_call(match, timeout=timeout)
 
-    async def wait_for_callback(self, *, timeout: float = 10.0) -> Call:
+    async def wait_for_callback(
+        self,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- the tests' documented API
+    ) -> Call:
         """The client's interaction callback (defer, message, modal, ...), whatever its status."""
         return await self.wait_for_call(lambda c: c.name == "interaction_callback", timeout=timeout)
 
@@ -162,7 +177,7 @@ class InteractionHandle:
         self,
         predicate: Callable[[StoredMessage], bool] | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- the tests' documented API
     ) -> StoredMessage:
         """The @original message once it exists and satisfies predicate (e.g. has a file)."""
 
@@ -180,7 +195,7 @@ class InteractionHandle:
         self,
         predicate: Callable[[StoredMessage], bool] | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- the tests' documented API
     ) -> StoredMessage:
         """The first followup message that satisfies predicate."""
 
@@ -277,14 +292,18 @@ def build_command_data(
     command: dict[str, Any] | None,
     guild: Any,
     command_id: int,
+    focused: str | None = None,
 ) -> dict[str, Any]:
-    """`data` of a CHAT_INPUT interaction: path is [command, group?, subcommand?]."""
+    """`data` of a CHAT_INPUT interaction: path is [command, group?, subcommand?].
+
+    focused: for autocomplete, the option being typed (its value is partial text, and
+    required options may still be missing)."""
     resolved: dict[str, dict[str, Any]] = {}
     schema_options: list[dict[str, Any]] | None = command.get("options", []) if command else None
     nested: list[tuple[str, int]] = []
-    for sub in path[1:]:
+    for depth, sub in enumerate(path[1:], start=1):
         if schema_options is None:
-            kind = OPT_SUB_COMMAND if sub == path[-1] else OPT_SUB_COMMAND_GROUP
+            kind = OPT_SUB_COMMAND if depth == len(path) - 1 else OPT_SUB_COMMAND_GROUP
         else:
             match = next(
                 (
@@ -296,7 +315,9 @@ def build_command_data(
             )
             if match is None:
                 known = [o["name"] for o in schema_options if o["type"] in (1, 2)]
-                raise ValueError(f"/{' '.join(path)}: no subcommand {sub!r}; the synced ones: {known}")
+                raise ValueError(
+                    f"/{' '.join(path)}: no subcommand {sub!r}; the synced ones: {known}"
+                )
             kind = match["type"]
             schema_options = match.get("options", [])
         nested.append((sub, kind))
@@ -304,7 +325,7 @@ def build_command_data(
         subs = [o["name"] for o in schema_options if o["type"] in (1, 2)]
         raise ValueError(f"/{' '.join(path)} needs a subcommand, one of {subs}")
 
-    leaf = _leaf_options(fake, path, options, schema_options, guild, resolved)
+    leaf = _leaf_options(fake, path, options, schema_options, guild, resolved, focused=focused)
     for sub, kind in reversed(nested):
         entry: dict[str, Any] = {"name": sub, "type": kind}
         if leaf:
@@ -328,20 +349,34 @@ def _leaf_options(
     schema: list[dict[str, Any]] | None,
     guild: Any,
     resolved: dict[str, dict[str, Any]],
+    *,
+    focused: str | None = None,
 ) -> list[dict[str, Any]]:
     where = "/" + " ".join(path)
     by_name = {o["name"]: o for o in schema} if schema is not None else {}
+    if focused is not None and focused not in options:
+        raise ValueError(
+            f"{where}: the focused option {focused!r} needs a (partial) value in options"
+        )
     if schema is not None:
         unknown = [n for n in options if n not in by_name]
         if unknown:
-            raise ValueError(f"{where}: unknown option(s) {unknown}; the synced ones: {list(by_name)}")
+            raise ValueError(
+                f"{where}: unknown option(s) {unknown}; the synced ones: {list(by_name)}"
+            )
         missing = [o["name"] for o in schema if o.get("required") and o["name"] not in options]
-        if missing:
+        if missing and focused is None:
             raise ValueError(f"{where}: required option(s) {missing} missing")
+        if focused is not None and not by_name[focused].get("autocomplete"):
+            raise ValueError(f"{where}: option {focused!r} was not synced with autocomplete")
     result = []
     for name, value in options.items():
         spec = by_name.get(name)
         kind = spec["type"] if spec else _infer_option_type(value)
+        if name == focused:
+            # What the user has typed so far arrives as text, whatever the option's type.
+            result.append({"name": name, "type": kind, "value": str(value), "focused": True})
+            continue
         wire = _option_value(fake, kind, value, guild, resolved, where=f"{where} {name}")
         if spec and spec.get("choices"):
             allowed = [c["value"] for c in spec["choices"]]
@@ -420,7 +455,9 @@ def _option_value(
     raise ValueError(f"{where}: option type {kind} is not supported by the fake")
 
 
-def modal_submit_components(modal: dict[str, Any], values: Mapping[str, Any]) -> list[dict[str, Any]]:
+def modal_submit_components(
+    modal: dict[str, Any], values: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """The `components` of a modal submit: the modal's own layout with the user's values in.
 
     Text inputs get `value`; selects inside labels get `values`. Raise ValueError for a

@@ -54,8 +54,11 @@ AttachmentMaker = Callable[[str, bytes, "str | None"], FakeAttachment]
 _FILE_FIELD = re.compile(r"^files\[(\d+)\]$")
 
 
-def validate_fields(body: dict[str, Any]) -> None:
-    """Raise Invalid Form Body (50035) where the body breaks one of Discord's message limits."""
+def validate_fields(body: dict[str, Any], *, components_v2: bool = False) -> None:
+    """Raise Invalid Form Body (50035) where the body breaks one of Discord's message limits.
+
+    components_v2: the message is (or becomes) a components-v2 message (flag 1 << 15), whose
+    top level may hold containers, sections and text instead of action rows."""
     errors: dict[str, Any] = {}
     content = body.get("content")
     if content is not None and len(str(content)) > MAX_CONTENT:
@@ -69,7 +72,7 @@ def validate_fields(body: dict[str, Any]) -> None:
             errors["embeds"] = embed_errors
     components = body.get("components")
     if components:
-        v2 = bool((body.get("flags") or 0) & FLAG_COMPONENTS_V2)
+        v2 = components_v2 or bool(int(body.get("flags") or 0) & FLAG_COMPONENTS_V2)
         component_errors = _component_errors(components, v2=v2)
         if component_errors:
             errors["components"] = component_errors
@@ -84,7 +87,9 @@ def validate_fields(body: dict[str, Any]) -> None:
 
 def _embed_errors(embeds: list[dict[str, Any]]) -> dict[str, Any]:
     if len(embeds) > MAX_EMBEDS:
-        return faults.field_error("BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
+        return faults.field_error(
+            "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length."
+        )
     errors: dict[str, Any] = {}
     total = 0
     for i, embed in enumerate(embeds):
@@ -93,10 +98,14 @@ def _embed_errors(embeds: list[dict[str, Any]]) -> dict[str, Any]:
             text = embed.get(key) or ""
             total += len(text)
             if len(text) > limit:
-                one[key] = faults.field_error("BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+                one[key] = faults.field_error(
+                    "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length."
+                )
         fields = embed.get("fields") or []
         if len(fields) > 25:
-            one["fields"] = faults.field_error("BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+            one["fields"] = faults.field_error(
+                "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+            )
         for j, field in enumerate(fields):
             name, value = str(field.get("name", "")), str(field.get("value", ""))
             total += len(name) + len(value)
@@ -108,9 +117,13 @@ def _embed_errors(embeds: list[dict[str, Any]]) -> dict[str, Any]:
         author = (embed.get("author") or {}).get("name") or ""
         total += len(footer) + len(author)
         if len(footer) > 2048:
-            one["footer"] = faults.field_error("BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length.")
+            one["footer"] = faults.field_error(
+                "BASE_TYPE_MAX_LENGTH", "Must be 2048 or fewer in length."
+            )
         if len(author) > 256:
-            one["author"] = faults.field_error("BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length.")
+            one["author"] = faults.field_error(
+                "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length."
+            )
         if one:
             errors[str(i)] = one
     if total > MAX_EMBED_TOTAL and not errors:
@@ -124,7 +137,9 @@ def _component_errors(components: list[dict[str, Any]], *, v2: bool) -> dict[str
     errors: dict[str, Any] = {}
     if not v2:
         if len(components) > MAX_ROWS:
-            return faults.field_error("BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ROWS} or fewer in length.")
+            return faults.field_error(
+                "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ROWS} or fewer in length."
+            )
         for i, row in enumerate(components):
             if row.get("type") != 1:
                 errors[str(i)] = faults.field_error(
@@ -144,26 +159,41 @@ def _component_errors(components: list[dict[str, Any]], *, v2: bool) -> dict[str
         if component.get("type") == 2:
             label = component.get("label") or ""
             if len(label) > MAX_BUTTON_LABEL:
-                errors.setdefault("label", faults.field_error(
-                    "BASE_TYPE_MAX_LENGTH", f"Button labels must be {MAX_BUTTON_LABEL} or fewer in length."
-                ))
+                errors.setdefault(
+                    "label",
+                    faults.field_error(
+                        "BASE_TYPE_MAX_LENGTH",
+                        f"Button labels must be {MAX_BUTTON_LABEL} or fewer in length.",
+                    ),
+                )
             is_link = component.get("style") == 5
             if is_link and not component.get("url"):
-                errors.setdefault("url", faults.field_error("BASE_TYPE_REQUIRED", "Link buttons need a url."))
+                errors.setdefault(
+                    "url", faults.field_error("BASE_TYPE_REQUIRED", "Link buttons need a url.")
+                )
             if not is_link and component.get("style") != 6 and not custom_id:
-                errors.setdefault("custom_id", faults.field_error(
-                    "BASE_TYPE_REQUIRED", "Buttons other than links need a custom_id."
-                ))
+                errors.setdefault(
+                    "custom_id",
+                    faults.field_error(
+                        "BASE_TYPE_REQUIRED", "Buttons other than links need a custom_id."
+                    ),
+                )
         if custom_id is None:
             continue
         if len(custom_id) > MAX_CUSTOM_ID:
-            errors.setdefault("custom_id", faults.field_error(
-                "BASE_TYPE_MAX_LENGTH", f"custom_id must be {MAX_CUSTOM_ID} or fewer in length."
-            ))
+            errors.setdefault(
+                "custom_id",
+                faults.field_error(
+                    "BASE_TYPE_MAX_LENGTH", f"custom_id must be {MAX_CUSTOM_ID} or fewer in length."
+                ),
+            )
         if custom_id in seen:
-            errors.setdefault("custom_id", faults.field_error(
-                "COMPONENT_CUSTOM_ID_DUPLICATED", f"custom_id {custom_id!r} is used twice."
-            ))
+            errors.setdefault(
+                "custom_id",
+                faults.field_error(
+                    "COMPONENT_CUSTOM_ID_DUPLICATED", f"custom_id {custom_id!r} is used twice."
+                ),
+            )
         seen.add(custom_id)
     return errors
 
@@ -201,7 +231,9 @@ def resolve_attachments(
         try:
             ref = int(entry.get("id"))
         except (TypeError, ValueError):
-            errors[str(position)] = faults.field_error("BASE_TYPE_REQUIRED", "Attachments need an id.")
+            errors[str(position)] = faults.field_error(
+                "BASE_TYPE_REQUIRED", "Attachments need an id."
+            )
             continue
         if ref in keep_by_id:
             result.append(keep_by_id[ref])
@@ -213,7 +245,8 @@ def resolve_attachments(
         else:
             errors[str(position)] = faults.field_error(
                 "ATTACHMENT_NOT_FOUND",
-                f"id {ref} is neither an uploaded files[{ref}] part nor an attachment of this message",
+                f"id {ref} is neither an uploaded files[{ref}] part"
+                " nor an attachment of this message",
             )
     if errors:
         raise faults.invalid_form_body({"attachments": errors})
@@ -234,7 +267,7 @@ def apply_body(
     """Write the body's fields into the message (no revision is recorded here).
 
     Nothing changes when the body is refused."""
-    validate_fields(body)
+    validate_fields(body, components_v2=bool(message.flags & FLAG_COMPONENTS_V2))
     content = message.content
     if "content" in body:
         content = "" if body["content"] is None else str(body["content"])

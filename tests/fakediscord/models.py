@@ -101,7 +101,11 @@ class FakeRole:
             "permissions": str(self.permissions),
             "position": self.position,
             "color": self.color,
-            "colors": {"primary_color": self.color, "secondary_color": None, "tertiary_color": None},
+            "colors": {
+                "primary_color": self.color,
+                "secondary_color": None,
+                "tertiary_color": None,
+            },
             "hoist": self.hoist,
             "icon": None,
             "unicode_emoji": None,
@@ -192,7 +196,9 @@ class FakeMember:
             return Permissions.ALL
         return value
 
-    def to_payload(self, *, with_permissions: bool = False, with_user: bool = True) -> dict[str, Any]:
+    def to_payload(
+        self, *, with_permissions: bool = False, with_user: bool = True
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "roles": [str(r) for r in self.role_ids],
             "nick": self.nick,
@@ -290,7 +296,8 @@ class FakeGuild:
         unknown = [r for r in role_ids if r not in self.roles]
         if unknown:
             raise ValueError(
-                f"roles {unknown} do not exist in guild {self.id}; create them with guild.add_role()"
+                f"roles {unknown} do not exist in guild {self.id}; "
+                "create them with guild.add_role()"
             )
         member = FakeMember(
             user=user, guild=self, role_ids=role_ids, nick=nick, extra_permissions=permissions

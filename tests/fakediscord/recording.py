@@ -123,7 +123,7 @@ class ChangeNotifier:
         self,
         condition: Callable[[], T],
         *,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 -- the tests' documented API
         describe: Callable[[], str],
     ) -> T:
         """Return condition()'s first truthy value; raise FakeDiscordTimeout after timeout s."""

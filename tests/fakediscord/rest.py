@@ -22,12 +22,12 @@ from .faults import DiscordError, json_response
 from .interactions import (
     ALLOWED_CALLBACKS,
     APPLICATION_COMMAND,
+    AUTOCOMPLETE_RESULT,
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
     DEFERRED_UPDATE_MESSAGE,
     MODAL,
     UPDATE_MESSAGE,
-    AUTOCOMPLETE_RESULT,
     InteractionHandle,
 )
 from .models import (
@@ -40,7 +40,6 @@ from .models import (
     StoredMessage,
 )
 from .recording import Call, UploadedFile
-from .snowflakes import iso_now
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -48,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tests.fakediscord.rest")
 
 API_PREFIX = "/api/v10"
+# Where the middleware leaves the request's Call for the route handler.
+CALL_KEY = web.RequestKey("fake_call", Call)
 Handler = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
 
 
@@ -72,19 +73,69 @@ ROUTES: list[tuple[str, str, str, bool]] = [
     ("POST", "/applications/{application_id}/commands", "upsert_global_command", True),
     ("GET", "/applications/{application_id}/commands/{command_id}", "get_global_command", True),
     ("PATCH", "/applications/{application_id}/commands/{command_id}", "edit_global_command", True),
-    ("DELETE", "/applications/{application_id}/commands/{command_id}", "delete_global_command", True),
-    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands", "get_guild_commands", True),
-    ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", "bulk_upsert_guild_commands", True),
-    ("POST", "/applications/{application_id}/guilds/{guild_id}/commands", "upsert_guild_command", True),
-    ("GET", "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}", "get_guild_command", True),
-    ("PATCH", "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}", "edit_guild_command", True),
-    ("DELETE", "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}", "delete_guild_command", True),
+    (
+        "DELETE",
+        "/applications/{application_id}/commands/{command_id}",
+        "delete_global_command",
+        True,
+    ),
+    (
+        "GET",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        "get_guild_commands",
+        True,
+    ),
+    (
+        "PUT",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        "bulk_upsert_guild_commands",
+        True,
+    ),
+    (
+        "POST",
+        "/applications/{application_id}/guilds/{guild_id}/commands",
+        "upsert_guild_command",
+        True,
+    ),
+    (
+        "GET",
+        "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
+        "get_guild_command",
+        True,
+    ),
+    (
+        "PATCH",
+        "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
+        "edit_guild_command",
+        True,
+    ),
+    (
+        "DELETE",
+        "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
+        "delete_guild_command",
+        True,
+    ),
     ("POST", "/interactions/{interaction_id}/{token}/callback", "interaction_callback", False),
     ("GET", "/webhooks/{application_id}/{token}", "get_webhook", False),
     ("POST", "/webhooks/{application_id}/{token}", "execute_webhook", False),
-    ("GET", "/webhooks/{application_id}/{token}/messages/{message_id}", "get_webhook_message", False),
-    ("PATCH", "/webhooks/{application_id}/{token}/messages/{message_id}", "edit_webhook_message", False),
-    ("DELETE", "/webhooks/{application_id}/{token}/messages/{message_id}", "delete_webhook_message", False),
+    (
+        "GET",
+        "/webhooks/{application_id}/{token}/messages/{message_id}",
+        "get_webhook_message",
+        False,
+    ),
+    (
+        "PATCH",
+        "/webhooks/{application_id}/{token}/messages/{message_id}",
+        "edit_webhook_message",
+        False,
+    ),
+    (
+        "DELETE",
+        "/webhooks/{application_id}/{token}/messages/{message_id}",
+        "delete_webhook_message",
+        False,
+    ),
     ("GET", "/channels/{channel_id}", "get_channel", True),
     ("GET", "/channels/{channel_id}/messages", "get_channel_messages", True),
     ("POST", "/channels/{channel_id}/messages", "create_message", True),
@@ -92,8 +143,18 @@ ROUTES: list[tuple[str, str, str, bool]] = [
     ("GET", "/channels/{channel_id}/messages/{message_id}", "get_message", True),
     ("PATCH", "/channels/{channel_id}/messages/{message_id}", "edit_message", True),
     ("DELETE", "/channels/{channel_id}/messages/{message_id}", "delete_message", True),
-    ("PUT", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", "add_reaction", True),
-    ("DELETE", "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", "remove_own_reaction", True),
+    (
+        "PUT",
+        "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+        "add_reaction",
+        True,
+    ),
+    (
+        "DELETE",
+        "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+        "remove_own_reaction",
+        True,
+    ),
     ("POST", "/channels/{channel_id}/typing", "trigger_typing", True),
     ("GET", "/guilds/{guild_id}", "get_guild", True),
     ("GET", "/guilds/{guild_id}/channels", "get_guild_channels", True),
@@ -115,7 +176,9 @@ class RestApi:
         app.middlewares.append(self._middleware)
         for method, path, name, auth in ROUTES:
             handler = getattr(self, f"_{name}")
-            app.router.add_route(method, API_PREFIX + path, self._wrap(handler, RouteInfo(name, auth)))
+            app.router.add_route(
+                method, API_PREFIX + path, self._wrap(handler, RouteInfo(name, auth))
+            )
         app.router.add_route(
             "GET",
             "/attachments/{channel_id}/{attachment_id}/{filename}",
@@ -125,7 +188,7 @@ class RestApi:
     @staticmethod
     def _wrap(handler: Handler, info: RouteInfo) -> Callable[..., Any]:
         async def route(request: web.Request) -> web.StreamResponse:
-            return await handler(request, request["fake_call"])
+            return await handler(request, request[CALL_KEY])
 
         route.fake_route = info  # type: ignore[attr-defined]
         return route
@@ -142,7 +205,9 @@ class RestApi:
         call = Call(
             index=len(fake.calls),
             method=request.method,
-            path=request.path[len(API_PREFIX) :] if request.path.startswith(API_PREFIX) else request.path,
+            path=request.path[len(API_PREFIX) :]
+            if request.path.startswith(API_PREFIX)
+            else request.path,
             name=info.name if info else "unknown",
             params=dict(request.match_info) if info else {},
             query=dict(request.query),
@@ -157,6 +222,15 @@ class RestApi:
         except DiscordError as exc:
             call.fault = call.fault or exc.fault
             response = json_response(exc.body(), status=exc.status)
+        except Exception as exc:
+            # A bug in the fake itself: say so loudly rather than look like a Discord outage.
+            log.exception(
+                "fakediscord: internal error answering %s %s", request.method, request.path
+            )
+            call.fault = "fake_internal_error"
+            response = json_response(
+                {"message": f"fakediscord internal error: {exc!r}", "code": 0}, status=500
+            )
         call.status = response.status
         call.finished_at = fake.clock()
         body = getattr(response, "body", None)
@@ -181,7 +255,9 @@ class RestApi:
                 request.path,
             )
             fake.unknown_calls.append(call)
-            raise DiscordError(404, 0, f"404: Not Found (fakediscord has no route {request.method} {request.path})")
+            raise DiscordError(
+                404, 0, f"404: Not Found (fakediscord has no route {request.method} {request.path})"
+            )
         call.json, call.files = await self._read_body(request)
         rule = fake._take_fault(call)
         if rule is not None:
@@ -189,7 +265,7 @@ class RestApi:
             return rule.response()
         if info.auth and request.headers.get("Authorization") != f"Bot {fake.token}":
             raise faults.unauthorized()
-        request["fake_call"] = call
+        request[CALL_KEY] = call
         return await handler(request)
 
     def _safe_headers(self, request: web.Request) -> dict[str, str]:
@@ -217,7 +293,9 @@ class RestApi:
                         UploadedFile(
                             field=part.name or "",
                             filename=part.filename,
-                            content_type=part.headers.get("Content-Type", "application/octet-stream"),
+                            content_type=part.headers.get(
+                                "Content-Type", "application/octet-stream"
+                            ),
                             data=bytes(await part.read()),
                         )
                     )
@@ -278,11 +356,15 @@ class RestApi:
 
     async def _get_gateway_bot(self, request: web.Request, call: Call) -> web.Response:
         limit = {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}
-        return json_response({"url": self._fake.gateway_url, "shards": 1, "session_start_limit": limit})
+        return json_response(
+            {"url": self._fake.gateway_url, "shards": 1, "session_start_limit": limit}
+        )
 
     # -- application commands ----------------------------------------------------------------
 
-    def _commands_store(self, call: Call) -> tuple[dict[tuple[str, int], dict[str, Any]], int | None]:
+    def _commands_store(
+        self, call: Call
+    ) -> tuple[dict[tuple[str, int], dict[str, Any]], int | None]:
         fake = self._fake
         if _int(call.params["application_id"]) != fake.application_id:
             raise faults.wrong_application()
@@ -307,14 +389,24 @@ class RestApi:
         body = call.json
         if not isinstance(body, list):
             raise faults.invalid_form_body(
-                {"_errors": [{"code": "BASE_TYPE_ARRAY", "message": "Must be an array of commands."}]}
+                {
+                    "_errors": [
+                        {"code": "BASE_TYPE_ARRAY", "message": "Must be an array of commands."}
+                    ]
+                }
             )
         names = [(c.get("name"), c.get("type", 1)) for c in body]
         duplicates = sorted({n for n, _ in names if names.count((n, _)) > 1})
         if duplicates:
             raise faults.invalid_form_body(
-                {"_errors": [{"code": "APPLICATION_COMMANDS_DUPLICATE_NAME",
-                              "message": f"Application command names must be unique: {duplicates}"}]}
+                {
+                    "_errors": [
+                        {
+                            "code": "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                            "message": f"Application command names must be unique: {duplicates}",
+                        }
+                    ]
+                }
             )
         fresh = {}
         for index, command in enumerate(body):
@@ -336,7 +428,9 @@ class RestApi:
 
     _upsert_guild_command = _upsert_global_command
 
-    def _find_command(self, call: Call) -> tuple[dict[tuple[str, int], dict[str, Any]], tuple[str, int]]:
+    def _find_command(
+        self, call: Call
+    ) -> tuple[dict[tuple[str, int], dict[str, Any]], tuple[str, int]]:
         store, _ = self._commands_store(call)
         for key, command in store.items():
             if command["id"] == call.params["command_id"]:
@@ -354,7 +448,9 @@ class RestApi:
         old = store.pop(key)
         guild_id = _int(call.params["guild_id"]) if "guild_id" in call.params else None
         try:
-            command = self._normalize_command({**old, **(call.json or {})}, store, guild_id, where=None)
+            command = self._normalize_command(
+                {**old, **(call.json or {})}, store, guild_id, where=None
+            )
         except DiscordError:
             store[key] = old
             raise
@@ -384,7 +480,11 @@ class RestApi:
         kind = int(body.get("type", 1))
         name = body.get("name")
         errors: dict[str, Any] = {}
-        if not isinstance(name, str) or not _COMMAND_NAME.match(name) or (kind == 1 and name != name.lower()):
+        if (
+            not isinstance(name, str)
+            or not _COMMAND_NAME.match(name)
+            or (kind == 1 and name != name.lower())
+        ):
             errors["name"] = faults.field_error(
                 "APPLICATION_COMMAND_INVALID_NAME", f"Command name {name!r} is invalid."
             )
@@ -410,7 +510,9 @@ class RestApi:
                 "name": name,
                 "description": description,
                 # Discord echoes the permissions as a string whatever the client sent.
-                "default_member_permissions": None if permissions is None else str(int(permissions)),
+                "default_member_permissions": None
+                if permissions is None
+                else str(int(permissions)),
                 "dm_permission": body.get("dm_permission", True) is not False,
                 "nsfw": bool(body.get("nsfw", False)),
             }
@@ -429,7 +531,10 @@ class RestApi:
             raise faults.unknown_interaction()
         if handle.acknowledged:
             raise faults.already_acknowledged()
-        if fake.interaction_ack_timeout is not None and now - handle.issued_at > fake.interaction_ack_timeout:
+        if (
+            fake.interaction_ack_timeout is not None
+            and now - handle.issued_at > fake.interaction_ack_timeout
+        ):
             # Discord forgets an interaction that was not answered within 3 seconds.
             call.fault = "ack_deadline"
             raise faults.unknown_interaction()
@@ -440,10 +545,12 @@ class RestApi:
             kind in (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE) and handle.source_message_id is None
         ):
             raise faults.invalid_form_body(
-                {"type": faults.field_error(
-                    "INTERACTION_RESPONSE_TYPE_INVALID",
-                    f"Callback type {kind} is not valid for interaction type {handle.type}.",
-                )}
+                {
+                    "type": faults.field_error(
+                        "INTERACTION_RESPONSE_TYPE_INVALID",
+                        f"Callback type {kind} is not valid for interaction type {handle.type}.",
+                    )
+                }
             )
         message: StoredMessage | None = None
         if kind == CHANNEL_MESSAGE:
@@ -458,7 +565,9 @@ class RestApi:
         elif kind == UPDATE_MESSAGE:
             message = fake.messages[handle.source_message_id]  # type: ignore[index]
             self._check_upload_sizes(call, message.channel_id)
-            messages.apply_body(message, data, call.files, self._attachment_maker(message), editing=True)
+            messages.apply_body(
+                message, data, call.files, self._attachment_maker(message), editing=True
+            )
             await fake._land_edit(message, call, source="update")
             handle.original_message_id = message.id
         elif kind == MODAL:
@@ -491,14 +600,18 @@ class RestApi:
         message = fake._new_message(
             channel_id=handle.channel_id,
             author=fake.bot_user,
-            type=MESSAGE_CHAT_INPUT_COMMAND if handle.type == APPLICATION_COMMAND else MESSAGE_DEFAULT,
+            type=MESSAGE_CHAT_INPUT_COMMAND
+            if handle.type == APPLICATION_COMMAND
+            else MESSAGE_DEFAULT,
             interaction=handle,
         )
         requested = int(data.get("flags") or 0)
         if loading:
             message.flags = FLAG_LOADING | (requested & FLAG_EPHEMERAL)
         else:
-            messages.apply_body(message, data, call.files, self._attachment_maker(message), editing=False)
+            messages.apply_body(
+                message, data, call.files, self._attachment_maker(message), editing=False
+            )
         await fake._store_new_message(message, call)
         return message
 
@@ -546,18 +659,29 @@ class RestApi:
             raise faults.unknown_webhook()
         body = call.json if isinstance(call.json, dict) else {}
         original = handle.original
-        if original is not None and original.loading and handle.response_type == DEFERRED_CHANNEL_MESSAGE:
+        if (
+            original is not None
+            and original.loading
+            and handle.response_type == DEFERRED_CHANNEL_MESSAGE
+        ):
             # The first followup after a "thinking..." deferral replaces the placeholder.
             self._check_upload_sizes(call, original.channel_id)
-            messages.apply_body(original, body, call.files, self._attachment_maker(original), editing=True)
+            messages.apply_body(
+                original, body, call.files, self._attachment_maker(original), editing=True
+            )
             await fake._land_edit(original, call, source="followup")
             message = original
         else:
             self._check_upload_sizes(call, handle.channel_id)
             message = fake._new_message(
-                channel_id=handle.channel_id, author=fake.bot_user, type=MESSAGE_DEFAULT, interaction=handle
+                channel_id=handle.channel_id,
+                author=fake.bot_user,
+                type=MESSAGE_DEFAULT,
+                interaction=handle,
             )
-            messages.apply_body(message, body, call.files, self._attachment_maker(message), editing=False)
+            messages.apply_body(
+                message, body, call.files, self._attachment_maker(message), editing=False
+            )
             await fake._store_new_message(message, call)
             handle.followup_ids.append(message.id)
         if call.query.get("wait", "").lower() not in ("1", "true"):
@@ -586,7 +710,10 @@ class RestApi:
         channel = fake.channels.get(_int(call.params["channel_id"]))
         if channel is None:
             raise faults.unknown_channel()
-        if channel.guild_id is not None and fake.bot_user.id not in fake.guilds[channel.guild_id].members:
+        if (
+            channel.guild_id is not None
+            and fake.bot_user.id not in fake.guilds[channel.guild_id].members
+        ):
             raise DiscordError(403, 50001, "Missing Access")
         return channel
 
@@ -594,7 +721,12 @@ class RestApi:
         channel = self._channel(call)
         message = self._fake.messages.get(_int(call.params["message_id"]))
         # Ephemeral messages exist only for their interaction's token, never for the bot token.
-        if message is None or message.channel_id != channel.id or message.deleted or message.ephemeral:
+        if (
+            message is None
+            or message.channel_id != channel.id
+            or message.deleted
+            or message.ephemeral
+        ):
             raise faults.unknown_message()
         return message
 
@@ -631,7 +763,9 @@ class RestApi:
                 "channel_id": str(reference.get("channel_id", channel.id)),
                 **({"guild_id": str(channel.guild_id)} if channel.guild_id else {}),
             }
-        messages.apply_body(message, body, call.files, self._attachment_maker(message), editing=False)
+        messages.apply_body(
+            message, body, call.files, self._attachment_maker(message), editing=False
+        )
         message.flags &= ~FLAG_EPHEMERAL  # only interaction responses can be ephemeral
         await fake._store_new_message(message, call)
         return json_response(message.to_payload())
@@ -677,7 +811,9 @@ class RestApi:
         fake = self._fake
         limit = fake.edit_rate_limit
         if limit is not None:
-            retry_after = limit.retry_after(fake.channel_edit_times.get(message.channel_id, []), fake.clock())
+            retry_after = limit.retry_after(
+                fake.channel_edit_times.get(message.channel_id, []), fake.clock()
+            )
             if retry_after is not None:
                 call.fault = "edit_rate_limit"
                 return faults.rate_limited_response(
@@ -685,7 +821,9 @@ class RestApi:
                 )
         self._check_upload_sizes(call, message.channel_id)
         body = call.json if isinstance(call.json, dict) else {}
-        messages.apply_body(message, body, call.files, self._attachment_maker(message), editing=True)
+        messages.apply_body(
+            message, body, call.files, self._attachment_maker(message), editing=True
+        )
         await fake._land_edit(message, call, source="edit")
         return json_response(message.to_payload())
 
@@ -759,8 +897,14 @@ def _int(value: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise DiscordError(
-            400, 50035, "Invalid Form Body",
-            {"_errors": [{"code": "NUMBER_TYPE_COERCE", "message": f"Value {value!r} is not snowflake."}]},
+            400,
+            50035,
+            "Invalid Form Body",
+            {
+                "_errors": [
+                    {"code": "NUMBER_TYPE_COERCE", "message": f"Value {value!r} is not snowflake."}
+                ]
+            },
         ) from None
 
 
@@ -780,9 +924,13 @@ def _option_errors(options: list[dict[str, Any]]) -> dict[str, Any]:
         one: dict[str, Any] = {}
         name = option.get("name")
         if not isinstance(name, str) or not _COMMAND_NAME.match(name) or name != name.lower():
-            one["name"] = faults.field_error("APPLICATION_COMMAND_INVALID_NAME", f"Option name {name!r} is invalid.")
+            one["name"] = faults.field_error(
+                "APPLICATION_COMMAND_INVALID_NAME", f"Option name {name!r} is invalid."
+            )
         if not 1 <= len(option.get("description") or "") <= 100:
-            one["description"] = faults.field_error("BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+            one["description"] = faults.field_error(
+                "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+            )
         if option.get("type") in (1, 2):
             nested = _option_errors(option.get("options") or [])
             if nested:
@@ -790,12 +938,15 @@ def _option_errors(options: list[dict[str, Any]]) -> dict[str, Any]:
         elif option.get("required"):
             if seen_optional:
                 one["required"] = faults.field_error(
-                    "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID", "Required options must be placed before non-required options"
+                    "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                    "Required options must be placed before non-required options",
                 )
         else:
             seen_optional = True
         if len(option.get("choices") or []) > 25:
-            one["choices"] = faults.field_error("BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+            one["choices"] = faults.field_error(
+                "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+            )
         if one:
             errors[str(index)] = one
     return errors

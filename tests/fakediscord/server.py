@@ -9,14 +9,14 @@ See README.md for the whole API.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import faults, interactions
+from . import interactions
+from .actions import UserActions
 from .faults import EditRateLimit, FaultRule, as_matcher, max_in_window
 from .gateway import (
     INTENT_DIRECT_MESSAGES,
@@ -27,7 +27,6 @@ from .gateway import (
 from .interactions import InteractionHandle
 from .models import (
     DM,
-    MESSAGE_DEFAULT,
     FakeAttachment,
     FakeChannel,
     FakeGuild,
@@ -37,7 +36,7 @@ from .models import (
     Permissions,
     StoredMessage,
 )
-from .recording import Call, ChangeNotifier, FakeDiscordTimeout, GatewayEvent, Mark, UploadedFile
+from .recording import Call, ChangeNotifier, GatewayEvent, Mark
 from .rest import RestApi
 from .snowflakes import SnowflakeFactory, iso_now
 
@@ -48,7 +47,7 @@ INTENT_MESSAGE_CONTENT = 1 << 15
 DEFAULT_TIMEOUT = 10.0
 
 
-class FakeDiscord:
+class FakeDiscord(UserActions):
     """A fake Discord for one bot application. All methods must run on one event loop."""
 
     def __init__(
@@ -176,7 +175,9 @@ class FakeDiscord:
 
     # -- the world ---------------------------------------------------------------------------
 
-    def add_user(self, username: str, *, bot: bool = False, global_name: str | None = None) -> FakeUser:
+    def add_user(
+        self, username: str, *, bot: bool = False, global_name: str | None = None
+    ) -> FakeUser:
         user = FakeUser(id=self.ids.next(), username=username, global_name=global_name, bot=bot)
         self.users[user.id] = user
         return user
@@ -202,7 +203,9 @@ class FakeDiscord:
             locale=locale,
             attachment_size_limit=attachment_size_limit,
         )
-        guild.roles[guild.id] = FakeRole(id=guild.id, guild_id=guild.id, name="@everyone", permissions=everyone_permissions)
+        guild.roles[guild.id] = FakeRole(
+            id=guild.id, guild_id=guild.id, name="@everyone", permissions=everyone_permissions
+        )
         self.guilds[guild.id] = guild
         self._adopt_channel(guild.add_channel("general"))
         bot_role = guild.add_role(self.bot_user.username, bot_permissions)
@@ -229,7 +232,9 @@ class FakeDiscord:
         user = self.add_user(username)
         return guild.add_member(user, roles=list(roles), permissions=permissions, nick=nick)
 
-    def add_role(self, name: str, permissions: int = 0, *, guild: FakeGuild | None = None) -> FakeRole:
+    def add_role(
+        self, name: str, permissions: int = 0, *, guild: FakeGuild | None = None
+    ) -> FakeRole:
         return (guild or self.guild).add_role(name, permissions)
 
     def add_channel(self, name: str, *, guild: FakeGuild | None = None) -> FakeChannel:
@@ -243,7 +248,11 @@ class FakeDiscord:
     def dm_channel(self, user: FakeUser) -> FakeChannel:
         """The bot's DM channel with user (created on first use)."""
         for channel in self.channels.values():
-            if channel.type == DM and channel.recipient is not None and channel.recipient.id == user.id:
+            if (
+                channel.type == DM
+                and channel.recipient is not None
+                and channel.recipient.id == user.id
+            ):
                 return channel
         channel = FakeChannel(id=self.ids.next(), name="", type=DM, recipient=user)
         return self._adopt_channel(channel)
@@ -270,7 +279,8 @@ class FakeDiscord:
             if member.user.id not in (self.bot_user.id, guild.owner_id):
                 return member
         raise RuntimeError(
-            f"guild {guild.name} has no ordinary member; add one with fake.add_member(name, guild=...)"
+            f"guild {guild.name} has no ordinary member; "
+            "add one with fake.add_member(name, guild=...)"
         )
 
     def _guild_changed(self, guild: FakeGuild, event: str, data: dict[str, Any]) -> None:
@@ -371,7 +381,9 @@ class FakeDiscord:
                 "id": str(interaction.id),
                 "type": interaction.type,
                 "user": interaction.user.to_payload(),
-                "authorizing_integration_owners": interaction.payload.get("authorizing_integration_owners", {}),
+                "authorizing_integration_owners": interaction.payload.get(
+                    "authorizing_integration_owners", {}
+                ),
             }
             if interaction.command_name is not None:
                 metadata["name"] = interaction.command_name
@@ -384,7 +396,9 @@ class FakeDiscord:
         return message
 
     async def _store_new_message(self, message: StoredMessage, call: Call | None) -> None:
-        message.snapshot(time=message.created_at, source="create", call_index=call.index if call else None)
+        message.snapshot(
+            time=message.created_at, source="create", call_index=call.index if call else None
+        )
         self.messages[message.id] = message
         self._channel_message_ids.setdefault(message.channel_id, []).append(message.id)
         self.channels[message.channel_id].last_message_id = message.id
@@ -432,23 +446,6 @@ class FakeDiscord:
                 data.update({"content": "", "embeds": [], "attachments": [], "components": []})
         await self.gateway.dispatch(event, data)
 
-    async def send_user_message(
-        self,
-        content: str,
-        *,
-        member: FakeMember | None = None,
-        channel: FakeChannel | int | None = None,
-        files: Sequence[FakeAttachment] = (),
-    ) -> StoredMessage:
-        """A user posts a message (dispatched as MESSAGE_CREATE when the client asked for it)."""
-        member = member or self.member
-        channel_id = self._channel_id(channel) if channel is not None else member.guild.text_channels[0].id
-        message = self._new_message(channel_id=channel_id, author=member.user, type=MESSAGE_DEFAULT, interaction=None)
-        message.content = content
-        message.attachments = list(files)
-        await self._store_new_message(message, None)
-        return message
-
     # -- recording and waiting ---------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -474,7 +471,11 @@ class FakeDiscord:
         return Mark(calls=len(self.calls), gateway=len(self.gateway_events))
 
     async def wait_until(
-        self, condition: Callable[[], T], *, timeout: float = DEFAULT_TIMEOUT, what: str = "a condition"
+        self,
+        condition: Callable[[], T],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
+        what: str = "a condition",
     ) -> T:
         """Wait (no polling) until condition() is truthy and return its value.
 
@@ -487,7 +488,11 @@ class FakeDiscord:
     def _describe_timeout(self, what: str, timeout: float) -> str:
         calls = "\n  ".join(c.summary() for c in self.calls[-15:]) or "(none)"
         events = ", ".join(e.kind for e in self.gateway_events if e.kind != "heartbeat")
-        unknown = f"\nUNKNOWN ROUTES: {[c.summary() for c in self.unknown_calls]}" if self.unknown_calls else ""
+        unknown = (
+            f"\nUNKNOWN ROUTES: {[c.summary() for c in self.unknown_calls]}"
+            if self.unknown_calls
+            else ""
+        )
         return (
             f"timed out after {timeout}s waiting for {what}\n"
             f"last calls:\n  {calls}\ngateway events: {events or '(none)'}{unknown}"
@@ -504,7 +509,7 @@ class FakeDiscord:
         self,
         match: Callable[[Call], bool] | str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
         since: Mark | int | None = None,
     ) -> Call:
         """The first finished call (already made or still to come) that matches.
@@ -526,7 +531,7 @@ class FakeDiscord:
         self,
         match: Callable[[GatewayEvent], bool] | str,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
         since: Mark | int | None = None,
     ) -> GatewayEvent:
         """The first gateway event of that kind (or matching the predicate) since the mark."""
@@ -542,25 +547,37 @@ class FakeDiscord:
         return await self.wait_until(find, timeout=timeout, what=f"gateway event {match!r}")
 
     async def wait_for_ready(
-        self, *, timeout: float = DEFAULT_TIMEOUT, since: Mark | int | None = None
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
+        since: Mark | int | None = None,
     ) -> GatewaySession:
         """Wait until a client identified (READY and GUILD_CREATEs sent); return its session."""
         event = await self.wait_for_gateway_event("identified", timeout=timeout, since=since)
         return self.gateway.sessions[event.session_id]  # type: ignore[index]
 
     async def wait_for_resume(
-        self, *, timeout: float = DEFAULT_TIMEOUT, since: Mark | int | None = None
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
+        since: Mark | int | None = None,
     ) -> GatewayEvent:
         """Wait until a client resumed (missed frames replayed, RESUMED sent)."""
         return await self.wait_for_gateway_event("resumed", timeout=timeout, since=since)
 
     async def wait_for_commands(
-        self, *names: str, guild: FakeGuild | None = None, timeout: float = DEFAULT_TIMEOUT
+        self,
+        *names: str,
+        guild: FakeGuild | None = None,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
     ) -> list[dict[str, Any]]:
         """Wait until the named chat commands are synced (globally, or in guild) and return them."""
 
         def synced() -> list[dict[str, Any]] | None:
-            found = [interactions.find_registered_command(self, n, guild.id if guild else None) for n in names]
+            found = [
+                interactions.find_registered_command(self, n, guild.id if guild else None)
+                for n in names
+            ]
             return found if all(found) else None  # type: ignore[return-value]
 
         return await self.wait_until(synced, timeout=timeout, what=f"commands {names} to be synced")
@@ -569,7 +586,7 @@ class FakeDiscord:
         self,
         predicate: Callable[[StoredMessage], bool],
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 -- the tests' documented API
     ) -> StoredMessage:
         """The first stored message (any channel, not deleted) that satisfies predicate."""
 
@@ -585,7 +602,9 @@ class FakeDiscord:
         """Fail when the client called a route the fake does not implement."""
         if self.unknown_calls:
             routes = sorted({f"{c.method} {c.path}" for c in self.unknown_calls})
-            raise AssertionError(f"the client called routes fakediscord does not implement: {routes}")
+            raise AssertionError(
+                f"the client called routes fakediscord does not implement: {routes}"
+            )
 
     # -- the gateway -------------------------------------------------------------------------
 
@@ -640,279 +659,6 @@ class FakeDiscord:
             "approximate_guild_count": len(self.guilds),
         }
 
-    # -- users' actions: interactions --------------------------------------------------------
-
-    async def send_slash_command(
-        self,
-        name: str,
-        options: Mapping[str, Any] | None = None,
-        *,
-        member: FakeMember | None = None,
-        user: FakeUser | None = None,
-        channel: FakeChannel | int | None = None,
-        subcommand: str | Sequence[str] = (),
-        attachments: Mapping[str, Any] | None = None,
-        locale: str = "en-US",
-        require_registered: bool = True,
-        enforce_permissions: bool = True,
-    ) -> InteractionHandle:
-        """A user runs /name (e.g. "imagine", or "queue clear" for a subcommand).
-
-        options: {option name: value}; types come from the synced command (str, int, float,
-            bool, FakeAttachment/bytes, FakeMember/FakeUser, FakeChannel, FakeRole).
-        attachments: more options, for attachment values (same as putting them in options).
-        member/channel: who and where (default: fake.member in its guild's first channel);
-            user without member: a DM with the bot.
-        require_registered: refuse (LookupError) a command the client never synced, as the
-            Discord app would not offer it; options are checked against the synced schema.
-        enforce_permissions: refuse (PermissionError) when the member lacks the command's
-            default_member_permissions, as Discord hides the command from them.
-        """
-        path = [*name.split(), *([subcommand] if isinstance(subcommand, str) else subcommand)]
-        path = [p for part in path for p in part.split()]
-        channel_obj, member, user = self._resolve_actor(channel, member, user)
-        guild = self.guilds.get(channel_obj.guild_id) if channel_obj.guild_id is not None else None
-        command = interactions.find_registered_command(self, path[0], guild.id if guild else None)
-        if command is None and require_registered:
-            raise LookupError(self._not_registered_message(path[0], guild))
-        if command is not None:
-            self._check_command_allowed(command, member, guild, path[0], enforce_permissions)
-        all_options = {**(options or {}), **(attachments or {})}
-        data = interactions.build_command_data(
-            self,
-            path=path,
-            options=all_options,
-            command=command,
-            guild=guild,
-            command_id=int(command["id"]) if command else self.ids.next(),
-        )
-        return await self._issue(
-            interactions.APPLICATION_COMMAND,
-            data,
-            channel=channel_obj,
-            member=member,
-            user=user,
-            locale=locale,
-            command_name=path[0],
-        )
-
-    def _not_registered_message(self, name: str, guild: FakeGuild | None) -> str:
-        global_names = sorted(n for n, _ in self.global_commands)
-        guild_names = sorted(n for n, _ in self.guild_commands.get(guild.id, {})) if guild else []
-        return (
-            f"/{name} is not a synced command (global: {global_names}, guild: {guild_names}); "
-            "the client syncs in setup_hook -- await fake.wait_for_commands(...) first, or pass "
-            "require_registered=False"
-        )
-
-    def _check_command_allowed(
-        self,
-        command: dict[str, Any],
-        member: FakeMember | None,
-        guild: FakeGuild | None,
-        name: str,
-        enforce_permissions: bool,
-    ) -> None:
-        if guild is None:
-            contexts = command.get("contexts")
-            if command.get("dm_permission") is False or (contexts is not None and 1 not in contexts):
-                raise PermissionError(f"/{name} is not available in DMs (dm_permission/contexts)")
-            return
-        required = command.get("default_member_permissions")
-        if not enforce_permissions or required is None or member is None:
-            return
-        needed = int(required)
-        have = member.permissions()
-        # "0" means administrators only; otherwise every required bit must be present.
-        allowed = bool(have & Permissions.ADMINISTRATOR) if needed == 0 else (have & needed) == needed
-        if not allowed:
-            raise PermissionError(
-                f"{member.user.username} lacks the permissions {needed} that /{name} requires "
-                "(default_member_permissions); give them a role, or pass enforce_permissions=False"
-            )
-
-    def _resolve_actor(
-        self,
-        channel: FakeChannel | int | None,
-        member: FakeMember | None,
-        user: FakeUser | None,
-    ) -> tuple[FakeChannel, FakeMember | None, FakeUser]:
-        if channel is not None:
-            channel_obj = channel if isinstance(channel, FakeChannel) else self.channels[int(channel)]
-        elif member is not None:
-            channel_obj = member.guild.text_channels[0]
-        elif user is not None:
-            channel_obj = self.dm_channel(user)
-        else:
-            channel_obj = self.channel
-        if channel_obj.guild_id is None:
-            if user is None:
-                user = member.user if member is not None else channel_obj.recipient
-            assert user is not None
-            return channel_obj, None, user
-        guild = self.guilds[channel_obj.guild_id]
-        if member is None:
-            if user is not None and user.id in guild.members:
-                member = guild.members[user.id]
-            elif user is not None:
-                raise ValueError(f"{user.username} is not a member of guild {guild.name}")
-            else:
-                member = self._default_member(guild)
-        if member.guild is not guild:
-            raise ValueError(f"{member.user.username} is a member of {member.guild.name}, not of {guild.name}")
-        return channel_obj, member, member.user
-
-    async def click_button(
-        self,
-        message: StoredMessage | int,
-        custom_id: str,
-        *,
-        member: FakeMember | None = None,
-        user: FakeUser | None = None,
-        locale: str = "en-US",
-    ) -> InteractionHandle:
-        """A user clicks the button with custom_id on message (default clicker: fake.member).
-
-        Raises ValueError when the message has no such enabled, non-link button: a user could
-        not click it, and discord.py silently ignores clicks on components a message lacks."""
-        stored = message if isinstance(message, StoredMessage) else self.get_message(int(message))
-        component = stored.find_component(custom_id)
-        if component is None or component.get("type") != interactions.BUTTON:
-            raise ValueError(
-                f"message {stored.id} has no button {custom_id!r}; its custom_ids: {stored.custom_ids()}"
-            )
-        if component.get("disabled"):
-            raise ValueError(f"button {custom_id!r} on message {stored.id} is disabled")
-        data: dict[str, Any] = {"custom_id": custom_id, "component_type": interactions.BUTTON}
-        if "id" in component:
-            data["id"] = component["id"]
-        return await self._component_interaction(stored, data, member, user, locale)
-
-    async def select_option(
-        self,
-        message: StoredMessage | int,
-        custom_id: str,
-        values: Sequence[str],
-        *,
-        member: FakeMember | None = None,
-        user: FakeUser | None = None,
-        locale: str = "en-US",
-    ) -> InteractionHandle:
-        """A user picks values in the string select menu custom_id on message."""
-        stored = message if isinstance(message, StoredMessage) else self.get_message(int(message))
-        component = stored.find_component(custom_id)
-        if component is None or component.get("type") != 3:
-            raise ValueError(
-                f"message {stored.id} has no string select {custom_id!r}; its custom_ids: {stored.custom_ids()}"
-            )
-        offered = [o["value"] for o in component.get("options", [])]
-        wrong = [v for v in values if v not in offered]
-        if wrong:
-            raise ValueError(f"select {custom_id!r} does not offer {wrong}; it offers {offered}")
-        data = {"custom_id": custom_id, "component_type": 3, "values": list(values)}
-        return await self._component_interaction(stored, data, member, user, locale)
-
-    async def _component_interaction(
-        self,
-        message: StoredMessage,
-        data: dict[str, Any],
-        member: FakeMember | None,
-        user: FakeUser | None,
-        locale: str,
-    ) -> InteractionHandle:
-        if message.deleted:
-            raise ValueError(f"message {message.id} was deleted; nobody can click on it")
-        channel_obj, member, user = self._resolve_actor(message.channel_id, member, user)
-        if message.ephemeral and message.interaction_id is not None:
-            owner = self._interactions_by_id[message.interaction_id].user
-            if owner.id != user.id:
-                raise ValueError(f"message {message.id} is ephemeral: only {owner.username} can see it")
-        return await self._issue(
-            interactions.MESSAGE_COMPONENT,
-            data,
-            channel=channel_obj,
-            member=member,
-            user=user,
-            locale=locale,
-            message=message,
-            custom_id=data["custom_id"],
-        )
-
-    async def submit_modal(
-        self,
-        opener: InteractionHandle,
-        values: Mapping[str, Any],
-        *,
-        locale: str = "en-US",
-    ) -> InteractionHandle:
-        """The user who got opener's modal fills it in ({input custom_id: value}) and submits."""
-        if opener.modal is None:
-            raise ValueError(f"interaction {opener.id} did not answer with a modal")
-        data = {
-            "custom_id": opener.modal["custom_id"],
-            "components": interactions.modal_submit_components(opener.modal, values),
-        }
-        source = self.messages.get(opener.source_message_id) if opener.source_message_id else None
-        return await self._issue(
-            interactions.MODAL_SUBMIT,
-            data,
-            channel=self.channels[opener.channel_id],
-            member=opener.member,
-            user=opener.user,
-            locale=locale,
-            message=source,
-            custom_id=opener.modal["custom_id"],
-        )
-
-    async def _issue(
-        self,
-        type: int,
-        data: dict[str, Any],
-        *,
-        channel: FakeChannel,
-        member: FakeMember | None,
-        user: FakeUser,
-        locale: str,
-        message: StoredMessage | None = None,
-        command_name: str | None = None,
-        custom_id: str | None = None,
-    ) -> InteractionHandle:
-        interaction_id = self.ids.next()
-        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
-        payload = interactions.build_interaction_payload(
-            self,
-            interaction_id=interaction_id,
-            token=token,
-            type=type,
-            data=data,
-            channel=channel,
-            member=member,
-            user=user,
-            message=message,
-            locale=locale,
-        )
-        handle = InteractionHandle(
-            fake=self,
-            id=interaction_id,
-            token=token,
-            type=type,
-            payload=payload,
-            issued_at=self.clock(),
-            channel_id=channel.id,
-            guild_id=channel.guild_id,
-            user=user,
-            member=member,
-            command_name=command_name,
-            custom_id=custom_id,
-            source_message_id=message.id if message is not None else None,
-        )
-        # Registered before it goes out: a fast client may call back before dispatch returns.
-        self.interactions.append(handle)
-        self._interactions_by_id[handle.id] = handle
-        self._interactions_by_token[handle.token] = handle
-        await self.gateway.dispatch("INTERACTION_CREATE", payload)
-        return handle
-
     # -- faults ------------------------------------------------------------------------------
 
     def fail_next(
@@ -931,7 +677,11 @@ class FakeDiscord:
         if status != 429 and not 500 <= status <= 599:
             raise ValueError(f"status must be 429 or a 5xx, not {status}")
         rule = FaultRule(
-            match=as_matcher(match), status=status, remaining=count, retry_after=retry_after, is_global=is_global
+            match=as_matcher(match),
+            status=status,
+            remaining=count,
+            retry_after=retry_after,
+            is_global=is_global,
         )
         self.fault_rules.append(rule)
         return rule
@@ -945,7 +695,9 @@ class FakeDiscord:
         is_global: bool = False,
     ) -> FaultRule:
         """429 on the next `count` matching calls; discord.py waits retry_after and retries."""
-        return self.fail_next(match, status=429, count=count, retry_after=retry_after, is_global=is_global)
+        return self.fail_next(
+            match, status=429, count=count, retry_after=retry_after, is_global=is_global
+        )
 
     def server_error_next(
         self, match: Callable[[Call], bool] | str, *, count: int = 1, status: int = 500
@@ -981,7 +733,10 @@ class FakeDiscord:
         if not handles:
             targets = list(self.interactions)
         else:
-            targets = [h if isinstance(h, InteractionHandle) else self._interactions_by_token[h] for h in handles]
+            targets = [
+                h if isinstance(h, InteractionHandle) else self._interactions_by_token[h]
+                for h in handles
+            ]
         for handle in targets:
             handle.expire()
 
@@ -990,10 +745,14 @@ class FakeDiscord:
         last `per` seconds (Discord's limit is about 5 per 5 s); None turns it off."""
         self.edit_rate_limit = None if limit is None else EditRateLimit(limit=limit, per=per)
 
-    def max_edits_in_window(self, window: float = 5.0, *, message: StoredMessage | int | None = None) -> int:
+    def max_edits_in_window(
+        self, window: float = 5.0, *, message: StoredMessage | int | None = None
+    ) -> int:
         """The most edits one message (or the given one) got within any `window` seconds."""
         if message is not None:
-            stored = message if isinstance(message, StoredMessage) else self.get_message(int(message))
+            stored = (
+                message if isinstance(message, StoredMessage) else self.get_message(int(message))
+            )
             return max_in_window(stored.edit_times, window)
         return max((max_in_window(m.edit_times, window) for m in self.messages.values()), default=0)
 
@@ -1010,11 +769,3 @@ def _calls_since(since: Mark | int | None) -> int:
     if since is None:
         return 0
     return since.calls if isinstance(since, Mark) else int(since)
-
-
-__all__ = [
-    "FakeDiscord",
-    "FakeDiscordTimeout",
-    "UploadedFile",
-    "faults",
-]

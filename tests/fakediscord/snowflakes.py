@@ -30,4 +30,4 @@ class SnowflakeFactory:
 
 def iso_now() -> str:
     """The current UTC time in the ISO-8601 form Discord uses for `timestamp` fields."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return datetime.datetime.now(datetime.UTC).isoformat()

@@ -25,7 +25,9 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     row = b"\x00" + bytes(rgb) * width  # filter byte 0, then the pixels
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
@@ -48,7 +50,10 @@ class Probe:
     modal_answers: asyncio.Queue[str] = dataclasses.field(default_factory=asyncio.Queue)
     blocked_terms: asyncio.Queue[str] = dataclasses.field(default_factory=asyncio.Queue)
     raw_events: asyncio.Queue[str] = dataclasses.field(default_factory=asyncio.Queue)
-    fallback_messages: asyncio.Queue[discord.Message] = dataclasses.field(default_factory=asyncio.Queue)
+    fallback_messages: asyncio.Queue[discord.Message] = dataclasses.field(
+        default_factory=asyncio.Queue
+    )
+    user_messages: asyncio.Queue[discord.Message] = dataclasses.field(default_factory=asyncio.Queue)
 
 
 class PaintView(discord.ui.View):
@@ -64,6 +69,16 @@ class PaintView(discord.ui.View):
             content="painted again", attachments=[discord.File(io.BytesIO(png), "again.png")]
         )
         await self.probe.clicks.put(interaction)
+
+
+class PickView(discord.ui.View):
+    @discord.ui.select(
+        custom_id="pick:size",
+        options=[discord.SelectOption(label=f"{n}px", value=str(n)) for n in (64, 128, 256)],
+    )
+    async def size(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
+        # Callback type 7: the clicked message itself is rewritten.
+        await interaction.response.edit_message(content=f"size {select.values[0]}", view=None)
 
 
 class AskModal(discord.ui.Modal, title="A question"):
@@ -96,6 +111,10 @@ class TinyBot(commands.Bot):
 
     async def on_socket_event_type(self, event_type: str) -> None:
         await self.probe.raw_events.put(event_type)
+
+    async def on_message(self, message: discord.Message) -> None:
+        if not message.author.bot:
+            await self.probe.user_messages.put(message)
 
     def _add_commands(self) -> None:
         probe = self.probe
@@ -134,6 +153,33 @@ class TinyBot(commands.Bot):
         @self.tree.command(name="ask", description="Ask a question")
         async def ask(interaction: discord.Interaction) -> None:
             await interaction.response.send_modal(AskModal(probe))
+
+        @self.tree.command(name="steps", description="Answer with followups")
+        async def steps(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(thinking=True)
+            await interaction.followup.send("first", wait=True)  # replaces "thinking..."
+            png = make_png(1, 1, (7, 7, 7))
+            second = await interaction.followup.send(
+                "second", file=discord.File(io.BytesIO(png), "step.png"), ephemeral=True, wait=True
+            )
+            await second.edit(content="second, edited")
+            await interaction.delete_original_response()
+
+        @self.tree.command(name="pick", description="Pick a size")
+        async def pick(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("pick a size", view=PickView(timeout=None))
+
+        styles = ["oil painting", "watercolour", "woodcut"]
+
+        async def style_choices(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            return [app_commands.Choice(name=s, value=s) for s in styles if current.lower() in s]
+
+        @self.tree.command(name="style", description="Pick a style")
+        @app_commands.autocomplete(name=style_choices)
+        async def style(interaction: discord.Interaction, name: str) -> None:
+            await interaction.response.send_message(f"style {name}")
 
         admin = app_commands.Group(
             name="admin",

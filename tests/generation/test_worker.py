@@ -18,12 +18,10 @@ TIMEOUT = 10
 
 class FakeStore:
     device = "cpu"
+    is_tiny = True
 
-    def __init__(self) -> None:
-        self.thread_names: list[str] = []
-
-    def describe(self) -> dict[str, str]:
-        return {"perceptor": "fake"}
+    def describe(self) -> str:
+        return "fake-clip/random:1"
 
 
 class SteppingGenerator:
@@ -140,7 +138,7 @@ async def test_short_calls_run_between_steps_of_a_long_job():
     try:
         handle = worker.submit(GenerationRequest("a fox", steps=50, width=32, height=32))
         assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
-        call = asyncio.ensure_future(worker.call(lambda store, x: (x * 2, len(generator.steps_run)), 21))
+        call = worker.call(lambda store, x: (x * 2, len(generator.steps_run)), 21)
         generator.release.set()
         value, steps_when_called = await asyncio.wait_for(call, TIMEOUT)
         await asyncio.wait_for(handle.wait(), TIMEOUT)
@@ -181,3 +179,27 @@ async def test_submit_before_start_is_refused():
     worker = GpuWorker("fake", store_factory=lambda s, d: FakeStore(), generate=SteppingGenerator())
     with pytest.raises(RuntimeError, match="start"):
         worker.submit(GenerationRequest("x"))
+
+
+async def test_tiny_models_through_the_real_engine():
+    from generation.png import read_png_metadata
+
+    worker = GpuWorker("tiny")
+    await worker.start()
+    frames: list[ProgressFrame] = []
+    try:
+        request = GenerationRequest(
+            "a lighthouse", seed=3, steps=4, width=64, height=64, cutn=4, progress_every=2
+        )
+        finished = await asyncio.wait_for(worker.submit(request, frames.append).wait(), 60)
+        embeddings = await asyncio.wait_for(worker.embed_texts(["a cat", "a dog"]), 60)
+        facts = worker.describe()
+    finally:
+        await worker.close()
+    assert [f.step for f in frames] == [2, 4]
+    assert (finished.width, finished.height, finished.seed) == (64, 64, 3)
+    assert read_png_metadata(finished.png)["seed"] == "3"
+    assert len(embeddings) == 2
+    assert abs(sum(x * x for x in embeddings[0]) - 1.0) < 1e-4
+    assert embeddings[0] != embeddings[1]
+    assert "tiny" in facts["preset"] and facts["device"] == "cpu"

@@ -7,6 +7,7 @@ import pytest
 from bot.moderation import (
     MAX_TERM_LENGTH,
     BlockedTerm,
+    MatchMode,
     compile_terms,
     find_all_blocked,
     find_blocked,
@@ -336,10 +337,10 @@ def test_compiled_matcher_is_reused_for_the_same_list() -> None:
     ],
 )
 def test_hostile_prompt_gets_the_right_answer(
-    prompt: str, terms: list[str], mode: str, expected: str | None
+    prompt: str, terms: list[str], mode: MatchMode, expected: str | None
 ) -> None:
     # Long runs of ambiguous look-alikes: answered, and answered correctly.
-    found = find_blocked(prompt, [BlockedTerm(term, mode) for term in terms])  # type: ignore[arg-type]
+    found = find_blocked(prompt, [BlockedTerm(term, mode) for term in terms])
     assert (found.term if found else None) == expected
 
 

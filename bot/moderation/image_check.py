@@ -1,0 +1,149 @@
+"""The optional check of finished pictures against a guild's blocked concepts.
+
+A guild turns it on with ``/modsettings image_check:spoiler`` or ``image_check:withhold``. When a
+picture is finished, before it is shown, CLIP compares the image with the description of every
+concept the guild blocked. If any is at least ``threshold`` similar, the picture is
+
+* ``spoiler``: posted as a spoiler (the file is named ``SPOILER_...``, so Discord blurs it until
+  clicked, and it is not shown as an embed image), or
+* ``withhold``: not posted at all; the message says the server's image check withheld it.
+
+Either way a ``image_flagged`` entry goes to the moderators' log with the concept, the
+similarity and the prompt.
+
+**The image threshold is not the prompt threshold.** Cosine similarity between a CLIP image
+embedding and a text embedding is on a much lower scale than between two text embeddings: a
+picture that plainly shows what a caption says typically scores about 0.25-0.35 with CLIP
+ViT-B/32, unrelated pairs about 0.10-0.20, while two paraphrases of one idea score 0.8-0.9 as
+texts. So the image check has its own threshold (``DEFAULT_IMAGE_THRESHOLD``, an operator setting
+for the whole bot), separate from each guild's ``concept_threshold`` for prompts. The default is
+a guess from CLIP's published behaviour, not measured here (no real weights could be loaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosqlite
+
+import db
+from db import Job
+
+log = logging.getLogger(__name__)
+
+# Verdicts, as the scheduler reads them (bot.scheduler.SHOW / SPOILER / WITHHOLD).
+SHOW = "show"
+SPOILER = "spoiler"
+WITHHOLD = "withhold"
+MODES = ("off", SPOILER, WITHHOLD)
+
+# Cosine similarity between the picture's and a concept description's CLIP embeddings at or
+# above which the picture is flagged (see the module doc for why it is much lower than the
+# text-to-text threshold of prompts).
+DEFAULT_IMAGE_THRESHOLD = 0.27
+
+FLAGGED_ACTION = "image_flagged"
+
+
+@dataclass(frozen=True)
+class ImageFlag:
+    """The blocked concept a picture was found too close to."""
+
+    concept: str
+    similarity: float
+
+
+def flagged_concept(
+    similarities: Sequence[tuple[str, float]], threshold: float
+) -> ImageFlag | None:
+    """The most similar concept if its similarity is at least ``threshold``, else None.
+    ``similarities`` holds (concept text, image-text cosine similarity) pairs."""
+    if not math.isfinite(threshold):
+        raise ValueError(f"the image check threshold must be a number, not {threshold}")
+    best: ImageFlag | None = None
+    for concept, similarity in similarities:
+        if math.isnan(similarity):
+            continue
+        if best is None or similarity > best.similarity:
+            best = ImageFlag(concept, similarity)
+    if best is None or best.similarity < threshold:
+        return None
+    return best
+
+
+def verdict(mode: str, flag: ImageFlag | None) -> str:
+    """What to do with a finished picture: SHOW, SPOILER or WITHHOLD."""
+    if mode not in MODES:
+        raise ValueError(f"unknown image check mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "off" or flag is None:
+        return SHOW
+    return SPOILER if mode == SPOILER else WITHHOLD
+
+
+def scoring_text(concept: str) -> str:
+    """The concept description as plain text for CLIP: the scorer reads prompt syntax, where
+    ``|`` separates parts and ``:number`` is a weight, so those characters are spaced out."""
+    return " ".join(concept.replace("|", " ").replace(":", " ").split())
+
+
+class ImageScorer(Protocol):
+    """Cosine similarity of a PNG to a text (``generation.worker.GpuWorker.clip_score`` fits)."""
+
+    async def clip_score(self, png: bytes, prompt: str) -> float: ...
+
+
+class ConceptImageCheck:
+    """The scheduler's ``ImageCheck``: ``await check_image(job, png)`` -> a verdict."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        scorer: ImageScorer,
+        *,
+        threshold: float = DEFAULT_IMAGE_THRESHOLD,
+    ) -> None:
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(
+                f"the image check threshold is a cosine similarity between -1 and 1, not "
+                f"{threshold}"
+            )
+        self._conn = conn
+        self._scorer = scorer
+        self.threshold = threshold
+
+    async def similarities(self, png: bytes, concepts: Sequence[str]) -> list[tuple[str, float]]:
+        # One call per concept; each runs on the GPU thread between steps of the next job.
+        return [
+            (concept, await self._scorer.clip_score(png, scoring_text(concept)))
+            for concept in concepts
+        ]
+
+    async def check_image(self, job: Job, png: bytes) -> str:
+        if job.guild_id is None:
+            return SHOW
+        settings = await db.get_guild_settings(self._conn, job.guild_id)
+        if settings.image_check_mode == "off":
+            return SHOW
+        concepts = [row.text for row in await db.list_blocked_concepts(self._conn, job.guild_id)]
+        if not concepts:
+            return SHOW
+        flag = flagged_concept(await self.similarities(png, concepts), self.threshold)
+        result = verdict(settings.image_check_mode, flag)
+        if flag is not None:
+            log.info("picture #%s flagged by the image check (%s)", job.id, result)
+            await db.add_modlog(
+                self._conn,
+                job.guild_id,
+                job.user_id,
+                FLAGGED_ACTION,
+                target=f"concept:{flag.concept}",
+                detail=(
+                    f"picture #{job.id} {'withheld' if result == WITHHOLD else 'spoilered'}, "
+                    f"similarity {flag.similarity:.3f}: {job.prompt}"
+                ),
+            )
+        return result
