@@ -16,6 +16,7 @@ blocked term.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,18 +67,40 @@ BLOCKED_MESSAGE = (
 
 class BlockedTermsPolicy:
     """Refuses prompts that contain one of the guild's blocked terms (through the moderation
-    matcher, which sees through case, accents, look-alike letters, spacing and digit swaps)."""
+    matcher, which sees through case, accents, look-alike letters, spacing and digit swaps).
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    A guild's term list is cached: a burst of commands costs one database read, not one each.
+    Whatever changes the list calls ``invalidate(guild_id)`` so the change applies at once;
+    ``ttl`` bounds how stale the cache can get if another process changes the database."""
+
+    def __init__(self, conn: aiosqlite.Connection, *, ttl: float = 30.0) -> None:
         self._conn = conn
+        self._ttl = ttl
+        self._cache: dict[int, tuple[float, list[MatchTerm]]] = {}
+
+    def invalidate(self, guild_id: int | None = None) -> None:
+        """Forget the cached terms of one guild (or of all)."""
+        if guild_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(guild_id, None)
+
+    async def terms(self, guild_id: int) -> list[MatchTerm]:
+        cached = self._cache.get(guild_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        rows = await db.list_blocked_terms(self._conn, guild_id)
+        terms = [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
+        self._cache[guild_id] = (now, terms)
+        return terms
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
         if guild_id is None:
             return None
-        rows = await db.list_blocked_terms(self._conn, guild_id)
-        if not rows:
+        terms = await self.terms(guild_id)
+        if not terms:
             return None
-        terms = [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
         hit = find_blocked(prompt, terms)
         if hit is None:
             return None
@@ -93,6 +116,13 @@ class PolicyChain:
 
     def add(self, policy: PromptPolicy) -> None:
         self.policies.append(policy)
+
+    def invalidate(self, guild_id: int | None = None) -> None:
+        """Tell every policy that keeps a cache that a guild's rules changed."""
+        for policy in self.policies:
+            invalidate = getattr(policy, "invalidate", None)
+            if callable(invalidate):
+                invalidate(guild_id)
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
         for policy in self.policies:

@@ -94,14 +94,14 @@ def sniff_format(data: bytes) -> str | None:
 
 
 async def download(
-    session: aiohttp.ClientSession, url: str, *, max_bytes: int, what: str, timeout: float = 30.0
+    session: aiohttp.ClientSession, url: str, *, max_bytes: int, what: str, time_limit: float = 30.0
 ) -> bytes:
     """Stream ``url`` into memory, refusing as soon as more than ``max_bytes`` arrive."""
     if not url.startswith(("https://", "http://")):
         raise AttachmentError(f"The {what} has no downloadable address.")
     too_big = AttachmentError(f"The {what} is larger than {_mib(max_bytes)}. Send a smaller image.")
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=time_limit)) as response:
             if response.status != 200:
                 raise AttachmentError(
                     f"The {what} could not be downloaded (HTTP {response.status}). "

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import discord
 import db
 from bot import render
 from bot.admission import Admission, Refused
+from bot.moderation import permissions
 from bot.progress import ReplyManager
 from bot.replies import edit_kwargs
 from bot.scheduler import Scheduler
@@ -45,17 +47,19 @@ def random_seed() -> int:
 
 
 def is_moderator(interaction: discord.Interaction[Any], moderator_role_id: int | None) -> bool:
-    """Manage Messages in this channel, or the guild's configured moderator role."""
-    permissions = interaction.permissions
-    if permissions.manage_messages or permissions.administrator:
-        return True
-    member = interaction.user
-    if moderator_role_id is not None and isinstance(member, discord.Member):
-        return member.get_role(moderator_role_id) is not None
-    return False
+    """Manage Messages (or Administrator) in this channel, or the guild's configured moderator
+    role: the same rule as the moderator commands (``bot.moderation.permissions``)."""
+    # Moderation helper's edit: one definition of "moderator". The role ids come from the
+    # interaction payload, since Member.get_role misses roles the guild cache does not hold.
+    user = interaction.user
+    role_ids = getattr(user, "_roles", ()) if isinstance(user, discord.Member) else ()
+    caller = permissions.Caller.of(user.id, interaction.permissions.value, role_ids)
+    return permissions.is_moderator(caller, moderator_role_id)
 
 
 class JobService:
+    TIMINGS_TTL = 10.0
+
     def __init__(
         self,
         conn: aiosqlite.Connection,
@@ -70,8 +74,11 @@ class JobService:
         self.scheduler = scheduler
         self.replies = replies
         # Acknowledgement latencies in seconds (interaction received -> answer sent), for the
-        # benchmark and /info.
-        self.ack_latencies: list[float] = []
+        # benchmark; bounded.
+        self.ack_latencies: deque[float] = deque(maxlen=10_000)
+        # Recent job durations change only when jobs finish; reading them for every ack of a
+        # burst would queue hundreds of reads on the one database connection.
+        self._timings: tuple[float, dict[str, db.GeneratorTiming]] | None = None
 
     # ---- new jobs ---------------------------------------------------------------------------
 
@@ -79,8 +86,10 @@ class JobService:
         """Seconds until a job at ``position`` is done, from recent job durations."""
         if position is None:
             return None
-        timings = await db.generator_timings(self._conn)
-        timing = timings.get(generator)
+        now = time.monotonic()
+        if self._timings is None or now - self._timings[0] > self.TIMINGS_TTL:
+            self._timings = (now, await db.generator_timings(self._conn))
+        timing = self._timings[1].get(generator)
         if timing is None or timing.samples == 0:
             return None
         return position * timing.mean_seconds
@@ -101,8 +110,32 @@ class JobService:
             await self.refuse(interaction, refused.message, deferred=deferred)
             return None
         self.scheduler.wake()
+        # The interaction's token dies 15 minutes after it was issued (a moment before now).
+        expires = time.time() + self._settings.token_lifetime
+        message_id: int | None = None
         try:
-            expires = time.time() + self._settings.token_lifetime
+            position = await db.queue_position(self._conn, job.id)
+            eta = await self.eta(position, job.generator)
+            kwargs = edit_kwargs(render.queued(job, position, eta))
+            kwargs.pop("attachments")
+            if deferred:
+                # End the ephemeral "thinking" first: while it is loading, Discord would turn the
+                # first followup into that (ephemeral) message instead of a public one.
+                await interaction.edit_original_response(
+                    content=f"Queued as picture #{job.id}; it appears in the channel."
+                )
+                message = await interaction.followup.send(wait=True, **kwargs)
+                message_id = message.id
+            else:
+                await interaction.response.send_message(**kwargs)
+            self.ack_latencies.append(time.monotonic() - received)
+        except discord.HTTPException as error:
+            # The job is saved and will run; its result reaches the channel even without this
+            # answer (the reply sink falls back to a channel message).
+            log.warning("could not acknowledge job %s: %s", job.id, error)
+        try:
+            # Stored after the answer, to keep the answer quick; the job's edits wait for it
+            # (the reply manager's ack gate), so none goes out without these details.
             job = await db.set_reply(
                 self._conn,
                 job.id,
@@ -110,37 +143,10 @@ class JobService:
                 interaction_token=interaction.token,
                 application_id=interaction.application_id,
                 token_expires_at=expires,
+                message_id=message_id,
             )
-            position = await db.queue_position(self._conn, job.id)
-            eta = await self.eta(position, job.generator)
-            rendered = render.queued(job, position, eta)
-            kwargs = edit_kwargs(rendered)
-            if deferred:
-                kwargs.pop("attachments")
-                # End the ephemeral "thinking" first: while it is loading, Discord would turn the
-                # first followup into that (ephemeral) message instead of a public one.
-                await interaction.edit_original_response(
-                    content=f"Queued as picture #{job.id}; it appears in the channel."
-                )
-                message = await interaction.followup.send(wait=True, **kwargs)
-                self.ack_latencies.append(time.monotonic() - received)
-                await db.set_reply(
-                    self._conn,
-                    job.id,
-                    interaction_id=interaction.id,
-                    interaction_token=interaction.token,
-                    application_id=interaction.application_id,
-                    token_expires_at=expires,
-                    message_id=message.id,
-                )
-            else:
-                kwargs.pop("attachments")
-                await interaction.response.send_message(**kwargs)
-                self.ack_latencies.append(time.monotonic() - received)
-        except discord.HTTPException as error:
-            # The job is saved and will run; its result reaches the channel even without this
-            # answer (the reply sink falls back to a channel message).
-            log.warning("could not acknowledge job %s: %s", job.id, error)
+        except Exception:
+            log.exception("could not store the reply details of job %s", job.id)
         finally:
             self.replies.acks.acked(job.id)
         return job
@@ -195,7 +201,7 @@ class JobService:
         if parent.status != "done" or not parent.output_path:
             await self.refuse(interaction, "Only a finished picture can be varied.")
             return None
-        if not Path(parent.output_path).is_file():
+        if not await asyncio.to_thread(Path(parent.output_path).is_file):
             await self.refuse(
                 interaction,
                 "The file of this picture is no longer kept, so it cannot be varied. "

@@ -160,10 +160,11 @@ class AckGate:
         self._event(job_id).set()
         self._prune()
 
-    async def wait(self, job_id: int, timeout: float) -> bool:
+    async def wait(self, job_id: int, limit: float) -> bool:
+        """True once the job was acknowledged; False after ``limit`` seconds without."""
         event = self._event(job_id)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), limit)
             return True
         except TimeoutError:
             return False
@@ -341,7 +342,7 @@ class ReplyManager:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         final_attempts: int = 8,
-        ack_timeout: float = 10.0,
+        ack_timeout: float = 60.0,
         started_at: float | None = None,
     ) -> None:
         self._sink_for = sink_for

@@ -211,6 +211,8 @@ def load_settings(
 # Interaction tokens sit in webhook and callback URLs: /webhooks/<app id>/<token>/...,
 # /interactions/<id>/<token>/callback. They are short-lived secrets; keep them out of logs too.
 _URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]+")
+# ... and in gateway payloads that discord.py logs at DEBUG: 'token': '...' / "token": "...".
+_KEYED_TOKEN = re.compile(r"""(['"](?:token|interaction_token)['"]\s*:\s*['"])[^'"]+""")
 
 
 class RedactingFilter(logging.Filter):
@@ -223,7 +225,8 @@ class RedactingFilter(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "[REDACTED]")
-        return _URL_TOKEN.sub(r"\1[REDACTED]", text)
+        text = _URL_TOKEN.sub(r"\1[REDACTED]", text)
+        return _KEYED_TOKEN.sub(r"\1[REDACTED]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -251,4 +254,7 @@ def configure_logging(settings: Settings) -> RedactingFilter:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # aiosqlite logs every statement with its parameters at DEBUG (interaction tokens among
+    # them); its statements are not worth a debug log.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     return redactor

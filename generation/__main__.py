@@ -13,8 +13,9 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
 from generation.request import (
@@ -25,7 +26,13 @@ from generation.request import (
     check_request,
 )
 
+if TYPE_CHECKING:
+    from generation.models import ModelsConfig
+
 log = logging.getLogger("generation")
+
+# Used for what neither the command line nor the models file's [defaults] table says.
+DEFAULTS = {"steps": 250, "size": "256x256", "cutn": 32, "generator": "vqgan"}
 
 
 class UsageError(Exception):
@@ -47,12 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", help="what to paint, e.g. 'a lighthouse in a storm'")
     parser.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
-    parser.add_argument("--steps", type=int, default=250, help="optimisation steps (default 250)")
     parser.add_argument(
-        "--size", type=parse_size, default=(256, 256), metavar="WxH|N", help="e.g. 384x256 or 256"
+        "--steps", type=int, help=f"optimisation steps (default {DEFAULTS['steps']})"
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH|N",
+        help=f"e.g. 384x256 or 256 (default {DEFAULTS['size']})",
     )
     parser.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
-    parser.add_argument("--cutn", type=int, default=32, help="cutouts per step (default 32)")
+    parser.add_argument("--cutn", type=int, help=f"cutouts per step (default {DEFAULTS['cutn']})")
     parser.add_argument("--cut-pow", type=float, default=1.0, help="cutout size power (default 1)")
     parser.add_argument(
         "--save-every",
@@ -66,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("IMAGINE_MODELS"),
         help="models TOML file or 'tiny' (default: $IMAGINE_MODELS, else the built-in models)",
     )
-    parser.add_argument("--generator", default="vqgan", help="generator (default vqgan)")
+    parser.add_argument("--generator", help=f"generator (default {DEFAULTS['generator']})")
     parser.add_argument("--init-image", type=str, help="start from this image file")
     parser.add_argument(
         "--init-weight", type=float, default=0.0, help="keep pulling toward the init image"
@@ -116,21 +128,30 @@ def parse_noise_prompt(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"noise prompt {text!r} is not SEED:WEIGHT") from None
 
 
-def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+def request_from_args(
+    args: argparse.Namespace, defaults: Mapping[str, Any] | None = None
+) -> GenerationRequest:
+    """The request the command line asks for; what it leaves out comes from ``defaults``
+    (the models file's [defaults]) and then from DEFAULTS."""
+    merged = {**DEFAULTS, **(defaults or {})}
+    try:
+        size = args.size or parse_size(str(merged["size"]))
+    except argparse.ArgumentTypeError as error:
+        raise BadRequest(f"[defaults] {error}") from None
     seed = args.seed if args.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
     if not 0 <= seed <= MAX_SEED:
         raise BadRequest(f"seed must be between 0 and {MAX_SEED}, not {seed}")
     if args.save_every < 0:
         raise BadRequest(f"--save-every must be 0 (off) or more, not {args.save_every}")
-    width, height = args.size
+    width, height = size
     return GenerationRequest(
         prompt=args.prompt,
         seed=seed,
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else int(merged["steps"]),
         width=width,
         height=height,
-        generator=args.generator,
-        cutn=args.cutn,
+        generator=args.generator or str(merged["generator"]),
+        cutn=args.cutn if args.cutn is not None else int(merged["cutn"]),
         cut_pow=args.cut_pow,
         learning_rate=args.lr,
         optimizer=args.optimizer,
@@ -150,13 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
-        request = request_from_args(args)
+        from generation.models import ModelsConfig
+
+        config = ModelsConfig.load(args.models)
+        request = request_from_args(args, config.defaults)
         check_request(request)
     except (UsageError, BadRequest) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        return _run(args, request)
+        return _run(args, request, config)
     except BadRequest as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -171,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, request: GenerationRequest) -> int:
+def _run(args: argparse.Namespace, request: GenerationRequest, config: ModelsConfig) -> int:
     # Heavy imports after the arguments are known to be good: a typo fails in a blink.
     from tqdm import tqdm
 
@@ -179,7 +203,7 @@ def _run(args: argparse.Namespace, request: GenerationRequest) -> int:
     from generation.models import ModelStore
     from generation.png import encode_png, request_metadata
 
-    store = ModelStore.from_spec(args.models, args.device)
+    store = ModelStore(config, args.device)
     print(f"seed {request.seed}, {store.device}, models {store.describe()}", file=sys.stderr)
     store.perceptor()  # load before the bar starts, so its ETA measures steps, not loading
     bar = tqdm(

@@ -45,6 +45,8 @@ TINY_WARNING = (
 )
 DOWNLOAD_TIMEOUT_S = 60
 AUTOCAST_CHOICES = ("auto", "bf16", "fp16", "off")
+# Request settings a models file may default (the CLI uses them when not given).
+DEFAULT_KEYS = ("steps", "size", "cutn", "generator")
 CUDNN_CHOICES = ("auto", "on", "off")
 
 
@@ -94,6 +96,8 @@ class ModelsConfig:
     tiny: bool = False
     # Directory that relative paths in the file are relative to.
     base_dir: Path = CONFIG_DIR
+    # [defaults]: request settings suited to these models (steps, size, cutn, generator).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, spec: str | None) -> ModelsConfig:
@@ -139,6 +143,13 @@ class ModelsConfig:
         if not isinstance(generators, dict):
             raise BadRequest(f"{where}: [generators] must be a table of per-generator tables")
         cache_dir = data.get("cache_dir")
+        defaults = data.get("defaults", {})
+        unknown = set(defaults) - set(DEFAULT_KEYS) if isinstance(defaults, dict) else {"?"}
+        if unknown:
+            raise BadRequest(
+                f"{where}: [defaults] may only set {', '.join(DEFAULT_KEYS)}, not "
+                f"{', '.join(sorted(unknown))}"
+            )
         return cls(
             source=source,
             clip=specs,
@@ -148,6 +159,7 @@ class ModelsConfig:
             cuda=_cuda_settings(data.get("cuda", {}), where),
             tiny=bool(data.get("tiny", False)),
             base_dir=base_dir,
+            defaults=defaults,
         )
 
     def generator_section(self, name: str) -> Mapping[str, Any]:

@@ -8,7 +8,7 @@ discord.py reads the annotations of that signature as real objects.
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -64,12 +64,12 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
     async def imagine(
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1000],
-        seed: Optional[Seed] = None,  # type: ignore[valid-type]
-        steps: Optional[Steps] = None,  # type: ignore[valid-type]
-        size: Optional[str] = None,
-        generator: Optional[str] = None,
-        init_image: Optional[discord.Attachment] = None,
-        image_prompt: Optional[discord.Attachment] = None,
+        seed: Seed | None = None,  # type: ignore[valid-type]
+        steps: Steps | None = None,  # type: ignore[valid-type]
+        size: str | None = None,
+        generator: str | None = None,
+        init_image: discord.Attachment | None = None,
+        image_prompt: discord.Attachment | None = None,
     ) -> None:
         await cog.imagine(
             interaction,
@@ -101,12 +101,12 @@ class ImagineCog(commands.Cog):
         interaction: discord.Interaction,
         *,
         prompt: str,
-        seed: Optional[int],
-        steps: Optional[int],
-        size: Optional[str],
-        generator: Optional[str],
-        init_image: Optional[discord.Attachment],
-        image_prompt: Optional[discord.Attachment],
+        seed: int | None,
+        steps: int | None,
+        size: str | None,
+        generator: str | None,
+        init_image: discord.Attachment | None,
+        image_prompt: discord.Attachment | None,
     ) -> None:
         settings = self.bot.settings
         jobs = self.bot.jobs
@@ -204,7 +204,7 @@ class ImagineCog(commands.Cog):
             app_commands.Choice(name="best score first", value="score"),
         ]
     )
-    async def history(self, interaction: discord.Interaction, order: Optional[str] = None) -> None:
+    async def history(self, interaction: discord.Interaction, order: str | None = None) -> None:
         entries = await db.history(
             self.bot.conn,
             interaction.user.id,

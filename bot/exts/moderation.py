@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+import aiosqlite
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -202,7 +203,7 @@ class ModerationCog(commands.Cog):
             self.bot.scheduler.image_check = None
 
     @property
-    def conn(self) -> Any:
+    def conn(self) -> aiosqlite.Connection:
         return self.bot.conn
 
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:

@@ -202,15 +202,15 @@ class ConceptPolicy:
             return self.default_threshold
         return settings.concept_threshold
 
-    async def concepts(self, guild_id: int, dimension: int | None = None) -> list[Concept]:
-        """The guild's blocked concepts as vectors of the current model (re-embedding and
-        saving any made by another model)."""
-        rows = await db.list_blocked_concepts(self._conn, guild_id)
+    async def current_concepts(
+        self, rows: Sequence[db.BlockedConcept], dimension: int
+    ) -> list[Concept]:
+        """The stored concepts as vectors [dimension] of the current model, re-embedding (and
+        saving) any that another model made."""
         stale = [
             row
             for row in rows
-            if row.model != self.embedder.model
-            or (dimension is not None and len(row.embedding) != dimension)
+            if row.model != self.embedder.model or len(row.embedding) != dimension
         ]
         if stale:
             fresh = await self.embedder.embed([row.text for row in stale])
@@ -219,18 +219,19 @@ class ConceptPolicy:
                 renewed[row.id] = await db.update_concept_embedding(
                     self._conn, row.id, vector.tolist(), self.embedder.model
                 )
-            log.info("re-embedded %d blocked concept(s) of guild %s", len(stale), guild_id)
+            log.info("re-embedded %d blocked concept(s) with %s", len(stale), self.embedder.model)
             rows = [renewed.get(row.id, row) for row in rows]
         return [Concept(row.text, np.asarray(row.embedding, dtype=np.float32)) for row in rows]
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
         if guild_id is None:
             return None
-        if not await db.list_blocked_concepts(self._conn, guild_id):
+        rows = await db.list_blocked_concepts(self._conn, guild_id)
+        if not rows:
             return None  # most guilds: no GPU work at all
         try:
             vectors = await self.embedder.embed(prompt_texts(prompt))
-            concepts = await self.concepts(guild_id, dimension=int(vectors[0].shape[0]))
+            concepts = await self.current_concepts(rows, dimension=int(vectors[0].shape[0]))
         except EmbeddingUnavailable as error:
             log.warning("concept check of a prompt in guild %s could not run: %s", guild_id, error)
             return Refusal(CHECK_UNAVAILABLE)

@@ -16,7 +16,11 @@ it survives.
 Keys of ``[generators.diffusion]`` in the models TOML (all optional):
 
     model = "google/ddpm-ema-church-256"  # a hub id or a local folder saved by diffusers, or
-                                          # "tiny" (random, for tests; the tiny preset's default)
+                                          # "random": random weights (tests, benchmarks) with
+                                          # the architecture of unet_config / scheduler_config
+                                          # (default: the tiny ones; "tiny" is the same)
+    unet_config = "ddpm-256-unet.json"    # "random" only: relative to the TOML, or shipped in
+    scheduler_config = "ddpm-256-scheduler.json"  # generation/configs
     unet_subfolder = ""         # where config.json of the UNet is ("unet" for pipeline layouts)
     scheduler_subfolder = ""    # where scheduler_config.json is ("scheduler" for pipelines)
     scheduler = "ddim"          # "ddim" or "ddpm"
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 NAME = "diffusion"
 DEFAULT_MODEL = "google/ddpm-ema-church-256"
 TINY = "tiny"
+RANDOM = "random"
 TINY_UNET = CONFIG_DIR / "tiny-diffusion-unet.json"
 TINY_SCHEDULER = CONFIG_DIR / "tiny-diffusion-scheduler.json"
 SCHEDULERS = ("ddim", "ddpm")
@@ -71,6 +76,8 @@ HOW_TO_GET = (
 @dataclass(frozen=True)
 class DiffusionSettings:
     model: str
+    unet_config: str = str(TINY_UNET)
+    scheduler_config: str = str(TINY_SCHEDULER)
     unet_subfolder: str = ""
     scheduler_subfolder: str = ""
     scheduler: str = "ddim"
@@ -94,6 +101,8 @@ def settings_for(store: ModelStore) -> DiffusionSettings:
     try:
         settings = DiffusionSettings(
             model=resolve_spec(store, str(section.get("model", default))),
+            unet_config=config_file(store, section.get("unet_config"), TINY_UNET),
+            scheduler_config=config_file(store, section.get("scheduler_config"), TINY_SCHEDULER),
             unet_subfolder=str(section.get("unet_subfolder", "")),
             scheduler_subfolder=str(section.get("scheduler_subfolder", "")),
             scheduler=str(section.get("scheduler", "ddim")),
@@ -119,17 +128,16 @@ def settings_for(store: ModelStore) -> DiffusionSettings:
 def load_model(store: ModelStore, settings: DiffusionSettings | None = None) -> DiffusionModel:
     """The UNet and scheduler settings named by the models TOML, loaded once."""
     settings = settings or settings_for(store)
-    key = f"diffusion:{settings.model}:{settings.unet_subfolder}:{settings.scheduler_subfolder}"
-    return store.get_or_load(key, lambda: _load(store, settings))
+    return store.get_or_load(f"diffusion:{settings}", lambda: _load(store, settings))
 
 
 def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    if settings.model == TINY:
+    if settings.model in (TINY, RANDOM):
         with store.seeded_init(0):
-            unet = UNet2DModel.from_config(UNet2DModel.load_config(str(TINY_UNET)))
-        scheduler_config = dict(DDPMScheduler.load_config(str(TINY_SCHEDULER)))
+            unet = UNet2DModel.from_config(UNet2DModel.load_config(settings.unet_config))
+        scheduler_config = dict(DDPMScheduler.load_config(settings.scheduler_config))
     else:
         what = f"diffusion model {settings.model}"
         unet = from_pretrained(
@@ -142,12 +150,19 @@ def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
         )
     unet = unet.to(store.device).eval().requires_grad_(False)
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    log.info("loaded diffusion UNet %s (factor %d)", settings.model, factor)
-    return DiffusionModel(unet, scheduler_config, settings.model, factor)
+    name = model_name(settings.model, settings.unet_config)
+    log.info("loaded diffusion UNet %s (factor %d)", name, factor)
+    return DiffusionModel(unet, scheduler_config, name, factor)
 
 
 def from_pretrained(
-    cls: Any, spec: str, subfolder: str, store: ModelStore, *, what: str, how_to_get: str = HOW_TO_GET
+    cls: Any,
+    spec: str,
+    subfolder: str,
+    store: ModelStore,
+    *,
+    what: str,
+    how_to_get: str = HOW_TO_GET,
 ) -> Any:
     """``cls.from_pretrained`` from a local folder or a hub id (cached under the store's cache
     dir), turning "not there" into WeightsNotFound that says how to get it."""
@@ -166,22 +181,45 @@ def from_pretrained(
         return cls.from_pretrained(spec, **options)
     except (OSError, ValueError) as error:
         raise WeightsNotFound(
-            f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
-            f"{how_to_get}"
+            f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]}). {how_to_get}"
         ) from None
+
+
+def config_file(store: ModelStore, value: Any, default: Path) -> str:
+    """An architecture JSON for random weights: a path relative to the TOML file, else a file
+    shipped in generation/configs; a missing one says which."""
+    if value is None:
+        return str(default)
+    for candidate in (Path(store.config.path(str(value))), CONFIG_DIR / str(value)):
+        if candidate.is_file():
+            return str(candidate)
+    raise WeightsNotFound(
+        f"architecture file {value!r} (for random weights) not found next to "
+        f"{store.config.source} or in {CONFIG_DIR}"
+    )
+
+
+def model_name(spec: str, config: str) -> str:
+    """How the PNG metadata names the model: the hub id, the folder's name, "tiny", or
+    "random <architecture file>"."""
+    if spec == RANDOM:
+        return f"random {Path(config).stem}"
+    if spec == TINY or is_hub_id(spec):
+        return spec
+    return Path(spec).name
 
 
 def resolve_spec(store: ModelStore, spec: str) -> str:
     """A model spec from the TOML: "tiny", a hub id, or a local folder (relative paths are
     relative to the TOML file, and win over a hub id of the same spelling when they exist)."""
-    if spec == TINY:
+    if spec in (TINY, RANDOM):
         return spec
     local = Path(store.config.path(spec))
     return str(local) if local.exists() or not is_hub_id(spec) else spec
 
 
 def is_hub_id(spec: str) -> bool:
-    """"owner/name" that is not a local path."""
+    """ "owner/name" that is not a local path."""
     if spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists():
         return False
     parts = spec.split("/")
@@ -276,9 +314,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     shape = (1, unet.config.in_channels, request.height, request.width)
     noise = torch.randn(shape, generator=generator, device=device)  # [1, 3, H, W]
     if request.init_image:
-        pixels = pil_to_tensor(
-            load_image(request.init_image), (request.width, request.height)
-        ).to(device)  # [1, 3, H, W] in [0, 1]
+        pixels = pil_to_tensor(load_image(request.init_image), (request.width, request.height)).to(
+            device
+        )  # [1, 3, H, W] in [0, 1]
         sample = scheduler.add_noise(pixels * 2 - 1, noise, timesteps[:1])
     else:
         sample = noise * scheduler.init_noise_sigma
@@ -315,7 +353,11 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         guided_eps = eps.detach() + (1 - alpha_bar).sqrt() * grad
         guided_output = from_epsilon(guided_eps, sample, alpha_bar, prediction_type)
         sample = scheduler.step(
-            guided_output, t, sample, generator=generator, **step_kwargs(settings.scheduler, settings.eta)
+            guided_output,
+            t,
+            sample,
+            generator=generator,
+            **step_kwargs(settings.scheduler, settings.eta),
         ).prev_sample.detach()
 
         # 8. Progress with the clean image predicted at this step.
@@ -342,7 +384,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         loss=loss_value,
         clip_score=score,
         metadata={
-            "diffusion_model": Path(model.name).name if not is_hub_id(model.name) else model.name,
+            "diffusion_model": model.name,
             "scheduler": settings.scheduler,
             "guidance_scale": f"{request.guidance_scale:g}",
             "skip_steps": str(request.skip_steps),

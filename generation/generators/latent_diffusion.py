@@ -15,7 +15,13 @@ negative prompt of classifier-free guidance (and push away in the CLIP loss as w
 Keys of ``[generators.latent_diffusion]`` in the models TOML (all optional):
 
     model = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id or a local pipeline folder
-                                # (unet/, vae/, text_encoder/, tokenizer/, scheduler/), or "tiny"
+                                # (unet/, vae/, text_encoder/, tokenizer/, scheduler/), or
+                                # "random": random weights with the architectures below (default:
+                                # the tiny ones; "tiny" is the same), for tests and benchmarks
+    unet_config = "sd15-unet.json"                  # "random" only: relative to the TOML, or
+    vae_config = "sd15-vae.json"                    # shipped in generation/configs
+    text_encoder_config = "sd15-text-encoder.json"
+    scheduler_config = "sd15-scheduler.json"
     scheduler = "ddim"          # "ddim" or "ddpm"
     eta = 0.0                   # DDIM's noise
     cfg_scale = 7.5             # classifier-free guidance (1: none)
@@ -29,7 +35,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,13 +42,15 @@ from torch import nn
 
 from generation.errors import BadRequest
 from generation.generators.diffusion import (
+    RANDOM,
     SCHEDULERS,
     TINY,
     clamp_rms,
+    config_file,
     from_epsilon,
     from_pretrained,
-    is_hub_id,
     make_scheduler,
+    model_name,
     predicted_original,
     resolve_spec,
     step_kwargs,
@@ -86,6 +93,7 @@ Tokenize = Callable[[list[str]], torch.Tensor]  # texts -> token ids [N, context
 @dataclass(frozen=True)
 class LatentSettings:
     model: str
+    configs: tuple[tuple[str, str], ...] = tuple((k, str(v)) for k, v in TINY_CONFIGS.items())
     scheduler: str = "ddim"
     eta: float = 0.0
     cfg_scale: float = 7.5
@@ -112,6 +120,10 @@ def settings_for(store: ModelStore) -> LatentSettings:
     try:
         settings = LatentSettings(
             model=resolve_spec(store, str(section.get("model", default))),
+            configs=tuple(
+                (part, config_file(store, section.get(f"{part}_config"), tiny))
+                for part, tiny in TINY_CONFIGS.items()
+            ),
             scheduler=str(section.get("scheduler", "ddim")),
             eta=float(section.get("eta", 0.0)),
             cfg_scale=float(section.get("cfg_scale", 7.5)),
@@ -119,7 +131,9 @@ def settings_for(store: ModelStore) -> LatentSettings:
             grad_through_unet=bool(section.get("grad_through_unet", False)),
         )
     except (TypeError, ValueError) as error:
-        raise BadRequest(f"[generators.latent_diffusion] in {store.config.source}: {error}") from None
+        raise BadRequest(
+            f"[generators.latent_diffusion] in {store.config.source}: {error}"
+        ) from None
     if settings.scheduler not in SCHEDULERS:
         raise BadRequest(
             f"[generators.latent_diffusion] scheduler must be one of {', '.join(SCHEDULERS)}, "
@@ -139,21 +153,22 @@ def settings_for(store: ModelStore) -> LatentSettings:
 def load_model(store: ModelStore, settings: LatentSettings | None = None) -> LatentModel:
     """UNet, VAE, text encoder, tokenizer and scheduler settings, loaded once."""
     settings = settings or settings_for(store)
-    return store.get_or_load(f"latent_diffusion:{settings.model}", lambda: _load(store, settings))
+    return store.get_or_load(f"latent_diffusion:{settings}", lambda: _load(store, settings))
 
 
 def _load(store: ModelStore, settings: LatentSettings) -> LatentModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if settings.model == TINY:
+    if settings.model in (TINY, RANDOM):
+        configs = dict(settings.configs)
         with store.seeded_init(0):
             unet = UNet2DConditionModel.from_config(
-                UNet2DConditionModel.load_config(str(TINY_CONFIGS["unet"]))
+                UNet2DConditionModel.load_config(configs["unet"])
             )
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(TINY_CONFIGS["vae"])))
-            text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(TINY_CONFIGS["text_encoder"]))
-        scheduler_config = dict(DDPMScheduler.load_config(str(TINY_CONFIGS["scheduler"])))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs["vae"]))
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(configs["text_encoder"]))
+        scheduler_config = dict(DDPMScheduler.load_config(configs["scheduler"]))
         tokenize = _open_clip_tokenize
     else:
         from transformers import CLIPTokenizer
@@ -173,14 +188,15 @@ def _load(store: ModelStore, settings: LatentSettings) -> LatentModel:
         m.to(store.device).eval().requires_grad_(False) for m in (unet, vae, text_encoder)
     )
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    log.info("loaded latent diffusion %s (VAE factor %d)", settings.model, factor)
+    name = model_name(settings.model, dict(settings.configs)["unet"])
+    log.info("loaded latent diffusion %s (VAE factor %d)", name, factor)
     return LatentModel(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenize=tokenize,
         scheduler_config=scheduler_config,
-        name=settings.model,
+        name=name,
         factor=factor,
         latent_scale=float(vae.config.scaling_factor),
     )
@@ -270,9 +286,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     )
     noise = torch.randn(shape, generator=generator, device=device)  # [1, C, h, w]
     if request.init_image:
-        pixels = pil_to_tensor(
-            load_image(request.init_image), (request.width, request.height)
-        ).to(device)  # [1, 3, H, W] in [0, 1]
+        pixels = pil_to_tensor(load_image(request.init_image), (request.width, request.height)).to(
+            device
+        )  # [1, 3, H, W] in [0, 1]
         with torch.no_grad():
             encoded = vae.encode(pixels * 2 - 1).latent_dist.mean * model.latent_scale
         latents = scheduler.add_noise(encoded, noise, timesteps[:1])
@@ -321,7 +337,11 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         guided_eps = eps + (1 - alpha_bar).sqrt() * grad
         guided_output = from_epsilon(guided_eps, latents, alpha_bar, prediction_type)
         latents = scheduler.step(
-            guided_output, t, latents, generator=generator, **step_kwargs(settings.scheduler, settings.eta)
+            guided_output,
+            t,
+            latents,
+            generator=generator,
+            **step_kwargs(settings.scheduler, settings.eta),
         ).prev_sample.detach()
 
         # 9. Progress with the clean image decoded at this step.
@@ -348,7 +368,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         loss=loss_value,
         clip_score=score,
         metadata={
-            "latent_diffusion_model": model.name if is_hub_id(model.name) else Path(model.name).name,
+            "latent_diffusion_model": model.name,
             "scheduler": settings.scheduler,
             "cfg_scale": f"{settings.cfg_scale:g}",
             "guidance_scale": f"{request.guidance_scale:g}",

@@ -43,9 +43,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     # 2. Starting logits: the init image's, or random noise from the seed.
     shape = (1, 3, request.height, request.width)
     if request.init_image:
-        pixels = pil_to_tensor(
-            load_image(request.init_image), (request.width, request.height)
-        ).to(device)  # [1, 3, H, W]
+        pixels = pil_to_tensor(load_image(request.init_image), (request.width, request.height)).to(
+            device
+        )  # [1, 3, H, W]
         logits = torch.logit(pixels.clamp(EPS, 1 - EPS))
     else:
         logits = torch.randn(shape, generator=generator, device=device) * INIT_NOISE

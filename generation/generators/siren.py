@@ -63,7 +63,8 @@ class Siren(nn.Module):
         device = generator.device
         sizes = [2] + [settings.hidden] * settings.layers
         self.hidden = nn.ModuleList(
-            nn.Linear(n_in, n_out, device=device) for n_in, n_out in zip(sizes, sizes[1:], strict=False)
+            nn.Linear(n_in, n_out, device=device)
+            for n_in, n_out in zip(sizes, sizes[1:], strict=False)
         )
         self.output = nn.Linear(settings.hidden, 3, device=device)
         with torch.no_grad():

@@ -8,7 +8,6 @@ Models come from the ``[generators.vqgan]`` section of the models TOML:
 
     [generators.vqgan]
     default = "imagenet_f16_16384"
-    init_fit_steps = 0          # optional, see below
 
     [generators.vqgan.models.imagenet_f16_16384]
     config = "vqgan_imagenet_f16_16384.yaml"       # taming's model.yaml: path, hf:// or URL
@@ -25,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
 from generation.checkpoints import load_state_dict
-from generation.errors import BadRequest, CheckpointError, WeightsNotFound
+from generation.errors import CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import clamp_with_grad, make_optimizer, report, torch_generator
@@ -237,8 +235,6 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             ).to(device)  # [1, 3, H, W]
             with torch.no_grad():
                 latents = model.encode(pixels)  # [1, D, h, w]
-            fit_steps = int(store.config.generator_section(NAME).get("init_fit_steps", 0))
-            latents = fit_to_image(latents, pixels, synth, fit_steps, control)
         else:
             codes = torch.randint(
                 codebook.shape[0], (height * width,), generator=generator, device=device
@@ -285,26 +281,3 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         metadata={"vqgan": model.name},
     )
 
-
-def fit_to_image(
-    latents: torch.Tensor,
-    pixels: torch.Tensor,
-    synth: Any,
-    steps: int,
-    control: RunControl,
-) -> torch.Tensor:
-    """Refine encoded latents so the decoded image matches ``pixels`` more closely (MSE).
-    A real VQGAN's encoder is already close; a random one (tiny models) needs this."""
-    if steps <= 0:
-        return latents
-    latents = latents.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([latents], lr=0.2)
-    for _ in range(steps):
-        control.check(0)
-        loss = F.mse_loss(synth(latents), pixels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if not torch.isfinite(latents).all():
-        raise BadRequest("the init image could not be encoded; try another image")
-    return latents.detach()

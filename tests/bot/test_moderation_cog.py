@@ -14,7 +14,7 @@ import pytest
 
 import db
 from bot.client import ImagineBot
-from bot.exts.moderation import ModerationCog
+from bot.exts.moderation import join_lines, limits_text, modlog_line
 from bot.moderation.policy import CONCEPT_REFUSAL
 from generation.worker import GpuWorker
 from tests.bot.conftest import Harness, test_settings
@@ -75,8 +75,8 @@ async def gpu_held(worker: GpuWorker) -> AsyncIterator[None]:
 
 
 def finish_order(harness: Harness) -> tuple[list[int], asyncio.Event, list[int]]:
-    """Record the order in which jobs finish; the event fires once ``expected`` (filled in by
-    the caller) have all finished."""
+    """Record the jobs that finish; the event fires once ``expected`` (filled in by the
+    caller) have all finished."""
     order: list[int] = []
     expected: list[int] = []
     all_done = asyncio.Event()
@@ -88,6 +88,60 @@ def finish_order(harness: Harness) -> tuple[list[int], asyncio.Event, list[int]]
 
     harness.bot.scheduler.on_job_finished.append(observer)
     return order, all_done, expected
+
+
+# ---- text builders (no Discord needed) ---------------------------------------------------------
+
+
+def entry(action: str, target: str | None = None, detail: str | None = None) -> db.ModlogEntry:
+    return db.ModlogEntry(
+        id=1,
+        guild_id=5,
+        actor_id=42,
+        action=action,
+        target=target,
+        detail=detail,
+        at=1_700_000_000.5,
+    )
+
+
+def test_modlog_lines_read_as_sentences_and_keep_user_text_in_code() -> None:
+    assert modlog_line(entry("ban", "77", "spam")) == "<t:1700000000:R> <@42> banned <@77> (`spam`)"
+    assert modlog_line(entry("block_term", "gore", "substring")) == (
+        "<t:1700000000:R> <@42> blocked the term `gore` (substring match)"
+    )
+    refused = modlog_line(entry("refused_prompt", "term:gore", "a `gory` **scene**"))
+    assert refused == (
+        "<t:1700000000:R> <@42>'s prompt was refused (`term:gore`): `a ˋgoryˋ **scene**`"
+    )
+    unknown = modlog_line(entry("something_new", "x"))
+    assert unknown == "<t:1700000000:R> <@42> something_new `x`"
+
+
+def test_join_lines_stops_before_the_limit_and_counts_the_rest() -> None:
+    lines = [f"line {n:03d}" for n in range(100)]
+    text = join_lines(lines, limit=200)
+    assert len(text) <= 200
+    kept = text.split("\n")
+    assert kept[-1] == f"…and {100 - (len(kept) - 1)} more."
+    assert join_lines(["a", "b"]) == "a\nb"
+
+
+def test_limits_text_marks_defaults_and_paused_limits() -> None:
+    settings = db.GuildSettings(
+        guild_id=5,
+        moderator_role_id=None,
+        concept_threshold=None,
+        image_check_mode="off",
+        limits=db.Limits(jobs_per_hour=0, waiting_per_user=3, waiting_per_guild=40),
+        updated_by=None,
+        updated_at=None,
+    )
+    text = limits_text(settings, db.DEFAULT_LIMITS, 200)
+    assert "Pictures per user per hour**: none allowed (default 20)" in text
+    assert "Waiting pictures per user**: 3 (default)" in text
+    assert "Waiting pictures in this server**: 40 (default 25)" in text
+    assert "Whole bot queue**: 200 (set by the bot's operator)" in text
 
 
 # ---- who may moderate ----------------------------------------------------------------------------
@@ -156,7 +210,9 @@ async def test_configured_moderator_role_and_who_may_change_it(harness: Harness)
     mod = moderator(fake)
     owner = guild.members[guild.owner_id]
 
-    refused = await command(fake, "block add", {"term": "gore"}, member=helper, enforce_permissions=False)
+    refused = await command(
+        fake, "block add", {"term": "gore"}, member=helper, enforce_permissions=False
+    )
     assert "Only moderators" in refused.content
 
     # Manage Messages alone does not choose the moderator role; managing the server does.
@@ -167,7 +223,9 @@ async def test_configured_moderator_role_and_who_may_change_it(harness: Harness)
     assert f"<@&{helpers.id}>" in text_of(chosen)
     assert (await db.get_guild_settings(conn, guild.id)).moderator_role_id == helpers.id
 
-    added = await command(fake, "block add", {"term": "gore"}, member=helper, enforce_permissions=False)
+    added = await command(
+        fake, "block add", {"term": "gore"}, member=helper, enforce_permissions=False
+    )
     assert "Blocked `gore`" in added.content
     assert [t.term for t in await db.list_blocked_terms(conn, guild.id)] == ["gore"]
     # Holding the role is not enough to hand it to another role.
@@ -200,8 +258,10 @@ async def test_blocked_term_refused_privately_without_a_job_and_logged(harness: 
     assert added.ephemeral and "Blocked `ass`" in added.content
     again = await command(fake, "block add", {"term": "ASS"}, member=mod)
     assert "already blocked" in again.content
+    symbols = await command(fake, "block add", {"term": "!!!"}, member=mod)
+    assert "cannot be blocked" in symbols.content and "symbols alone" in symbols.content
     listed = await command(fake, "block list", member=mod)
-    assert listed.ephemeral and "`ass`" in text_of(listed)
+    assert listed.ephemeral and "`ass`" in text_of(listed) and "!!!" not in text_of(listed)
 
     handle = await fake.send_slash_command("imagine", {"prompt": "a sm@ll @ $ $ on a hill"})
     refusal = await handle.wait_for_original()
@@ -254,7 +314,9 @@ async def test_ban_cancels_queued_and_running_jobs_and_refuses_new_ones(harness:
         assert await job_count(conn) == 3
     # Every message says who cancelled it; the running one stops once the GPU is free.
     for handle in handles:
-        await handle.wait_for_original(lambda m: f"Cancelled by <@{mod.id}>" in m.content, timeout=WAIT)
+        await handle.wait_for_original(
+            lambda m: f"Cancelled by <@{mod.id}>" in m.content, timeout=WAIT
+        )
 
     log = text_of(await command(fake, "modlog", member=mod))
     assert f"banned <@{alice.id}>" in log and "spam" in log
@@ -346,8 +408,12 @@ async def test_queue_takes_users_in_turn(harness: Harness) -> None:
         bob_job = await harness.job_of(await harness.imagine(prompt="bob", steps=2, member=bob))
         expected += [job.id for job in alice_jobs] + [bob_job.id]
     await asyncio.wait_for(all_done.wait(), WAIT)
+    assert sorted(order) == sorted(expected)
+    # The order the GPU took them in (finishing edits run in the background, in any order).
+    rows = [await db.get_job(harness.conn, job_id) for job_id in expected]
+    started = [row.id for row in sorted(rows, key=lambda row: row.started_at)]  # type: ignore[union-attr,arg-type,return-value]
     # Bob's only job waits behind one of alice's three at most.
-    assert order == [alice_jobs[0].id, bob_job.id, alice_jobs[1].id, alice_jobs[2].id]
+    assert started == [alice_jobs[0].id, bob_job.id, alice_jobs[1].id, alice_jobs[2].id]
 
 
 # ---- concepts and the image check ------------------------------------------------------------------
@@ -371,7 +437,9 @@ async def test_blocked_concept_refuses_the_prompt_without_naming_it(harness: Har
     [entry] = await db.recent_modlog(conn, guild, actions=("refused_prompt",))
     assert entry.target == "concept:a burning house"
 
-    removed = await command(fake, "block concept remove", {"concept": "A burning house"}, member=mod)
+    removed = await command(
+        fake, "block concept remove", {"concept": "A burning house"}, member=mod
+    )
     assert "Unblocked the concept" in removed.content
     assert await db.list_blocked_concepts(conn, guild) == []
 
@@ -383,8 +451,10 @@ def is_finished(message: StoredMessage) -> bool:
 async def test_image_check_spoilers_or_withholds_flagged_pictures(harness: Harness) -> None:
     fake, conn, guild = harness.fake, harness.conn, harness.fake.guild.id
     mod = moderator(fake)
-    cog = harness.bot.get_cog("ModerationCog")
-    assert isinstance(cog, ModerationCog) and harness.bot.scheduler.image_check is cog.image_check
+    # (load_extension executes the module afresh, so isinstance against our import would fail.)
+    cog: Any = harness.bot.get_cog("ModerationCog")
+    assert cog is not None and harness.bot.scheduler.image_check is cog.image_check
+    assert cog.policy in harness.bot.policy.policies
     # Tiny random CLIP scores every picture about 0: flag whatever it scores.
     cog.image_check.threshold = -1.0
     await command(fake, "block concept add", {"concept": "a burning house"}, member=mod)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 from generation.engine import generate
@@ -24,6 +26,19 @@ from generation.png import encode_png
 from generation.request import GenerationRequest, GenerationResult, Progress, RunControl
 
 PROMPT = "a red fox in the snow"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run the tiny models on one CPU thread. Their tensors are so small that splitting work
+    across threads costs more than it saves, and when another process holds the second core,
+    every parallel region waits for a descheduled thread: the same tests took 15x longer.
+    Import this fixture into a test module to apply it there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 _STORES: dict[str, ModelStore] = {}
 

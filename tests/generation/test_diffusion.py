@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,13 +11,15 @@ from PIL import Image
 
 from generation.errors import BadRequest, WeightsNotFound
 from generation.generators import diffusion
+from generation.models import CONFIG_DIR
 from generation.png import read_png_metadata
-from tests.generation.generator_helpers import (
+from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_thread is autouse
     assert_cancel_within_one_step,
     assert_progress_cadence,
     assert_same_seed_same_bytes,
     assert_similarity_rises,
     mean_abs_difference,
+    one_torch_thread,
     png_bytes,
     request,
     run,
@@ -159,3 +162,25 @@ def test_gradient_cap_limits_the_rms_and_leaves_small_gradients_alone() -> None:
 def test_bad_scheduler_setting_is_refused() -> None:
     with pytest.raises(BadRequest, match="scheduler"):
         run(tiny_store({NAME: {"scheduler": "euler"}}), request(NAME, steps=2))
+
+
+def test_random_weights_take_the_architecture_named_in_the_toml(tmp_path) -> None:
+    unet = json.loads((CONFIG_DIR / "tiny-diffusion-unet.json").read_text())
+    unet["block_out_channels"] = [16, 32, 32]
+    unet["down_block_types"] = ["DownBlock2D", "DownBlock2D", "DownBlock2D"]
+    unet["up_block_types"] = ["UpBlock2D", "UpBlock2D", "UpBlock2D"]
+    (tmp_path / "three-levels.json").write_text(json.dumps(unet))
+    store = tiny_store(
+        {NAME: {"model": "random", "unet_config": str(tmp_path / "three-levels.json")}}
+    )
+    assert diffusion.load_model(store).factor == 4
+    result, _ = run(store, request(NAME, steps=2))
+    assert result.metadata["diffusion_model"] == "random three-levels"
+    with pytest.raises(BadRequest, match="multiple of 4"):
+        run(store, request(NAME, steps=2, width=34))
+
+
+def test_missing_architecture_file_is_named() -> None:
+    store = tiny_store({NAME: {"model": "random", "unet_config": "no-such-unet.json"}})
+    with pytest.raises(WeightsNotFound, match="no-such-unet.json"):
+        run(store, request(NAME, steps=1))

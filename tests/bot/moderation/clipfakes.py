@@ -5,7 +5,8 @@ asked at all."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 
 import aiosqlite
 import numpy as np
@@ -62,9 +63,9 @@ class FakeScorer:
         return self.scores.get(prompt, self.default)
 
 
-@pytest_asyncio.fixture
-async def conn(tmp_path):  # type: ignore[no-untyped-def]
-    connection: aiosqlite.Connection = await db.connect(tmp_path / "moderation.db")
+@pytest_asyncio.fixture(name="conn")
+async def conn_fixture(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await db.connect(tmp_path / "moderation.db")
     try:
         yield connection
     finally:

@@ -24,8 +24,11 @@ from bot.moderation.image_check import (
 )
 from bot.moderation.policy import DEFAULT_CONCEPT_THRESHOLD
 from tests.bot.jobrows import make_job
-from tests.bot.moderation.clipfakes import GORE, FakeScorer
-from tests.bot.moderation.clipfakes import conn  # noqa: F401  (fixture)
+from tests.bot.moderation.clipfakes import (
+    GORE,
+    FakeScorer,
+    conn_fixture,  # noqa: F401  (the "conn" fixture)
+)
 
 GUILD = 2002  # make_job's guild
 MOD = 9
@@ -111,7 +114,9 @@ async def test_flagged_picture_follows_the_guild_mode_and_is_logged(
     assert all(png == PNG for png, _ in scorer.calls)
     [entry] = await db.recent_modlog(conn, GUILD, actions=(FLAGGED_ACTION,))
     assert entry.actor_id == 1001 and entry.target == "concept:graphic gore"
-    assert "#77" in entry.detail and "0.310" in entry.detail and "a quiet battlefield" in entry.detail
+    assert (
+        "#77" in entry.detail and "0.310" in entry.detail and "a quiet battlefield" in entry.detail
+    )
 
 
 async def test_below_the_threshold_shows_and_logs_nothing(conn: aiosqlite.Connection) -> None:

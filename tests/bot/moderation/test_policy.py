@@ -26,7 +26,7 @@ from tests.bot.moderation.clipfakes import (
     NEAR_GORE,
     WEAPONS,
     FakeEmbedder,
-    conn,  # noqa: F401  (fixture)
+    conn_fixture,  # noqa: F401  (the "conn" fixture)
 )
 
 GUILD = 4242
@@ -43,11 +43,15 @@ TABLE = {
 }
 
 
-async def block(conn: aiosqlite.Connection, text: str, *, guild: int = GUILD, model: str = MODEL) -> None:
+async def block(
+    conn: aiosqlite.Connection, text: str, *, guild: int = GUILD, model: str = MODEL
+) -> None:
     await db.add_blocked_concept(conn, guild, text, TABLE[text], model, actor_id=MOD)
 
 
-def make_policy(conn: aiosqlite.Connection, embedder: FakeEmbedder, **options: float) -> ConceptPolicy:
+def make_policy(
+    conn: aiosqlite.Connection, embedder: FakeEmbedder, **options: float
+) -> ConceptPolicy:
     timeout = options.pop("timeout", 2.0)
     return ConceptPolicy(conn, ConceptEmbedder(embedder, MODEL, timeout=timeout), **options)
 

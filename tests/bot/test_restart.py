@@ -1,0 +1,124 @@
+"""kill -9 in the middle of a job loses nothing: `python -m bot` as a real process against the
+fake Discord, killed while it paints, started again; the picture still arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import db
+from tests.bot.conftest import PNG_SIGNATURE, has_file, is_final
+from tests.fakediscord import FakeDiscord
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 180.0  # a cold start imports torch and builds the tiny models
+
+
+def bot_env(fake: FakeDiscord, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "IMAGINE_"))}
+    env.update(
+        DISCORD_TOKEN=fake.token,
+        DISCORD_API_BASE=fake.api_base,
+        DISCORD_GATEWAY_URL=fake.gateway_url,
+        IMAGINE_DB=str(tmp_path / "imagine.db"),
+        IMAGINE_OUTPUT_DIR=str(tmp_path / "outputs"),
+        IMAGINE_MODELS="tiny",
+        IMAGINE_SIZES="64x64",
+        IMAGINE_PROGRESS_EVERY="2",
+        IMAGINE_EDIT_INTERVAL="0.2",
+        IMAGINE_CHANNEL_EDIT_WINDOW="1",
+        IMAGINE_LOG_LEVEL="DEBUG",  # the most verbose logs must still hide the token
+    )
+    return env
+
+
+async def start_bot(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    log = log_path.open("ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    finally:
+        log.close()
+
+
+async def wait_ready_or_exit(
+    fake: FakeDiscord, process: asyncio.subprocess.Process, since: Any, log_path: Path
+) -> None:
+    ready = asyncio.ensure_future(fake.wait_for_ready(since=since, timeout=STARTUP_TIMEOUT))
+    exited = asyncio.ensure_future(process.wait())
+    done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if exited in done:
+        ready.cancel()
+        raise AssertionError(f"the bot exited with {process.returncode}:\n{log_path.read_text()}")
+    exited.cancel()
+    ready.result()
+
+
+@pytest.mark.slow
+async def test_kill_9_while_painting_then_restart_delivers_the_picture(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    env = bot_env(fake, tmp_path)
+    log_path = tmp_path / "bot.log"
+    process = await start_bot(env, log_path)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await wait_ready_or_exit(fake, process, fake.mark(), log_path)
+        await fake.wait_for_commands("imagine")
+        handle = await fake.send_slash_command("imagine", {"prompt": "survive a crash", "steps": 60})
+        assert (await handle.wait_for_callback()).ok
+        await handle.wait_for_original(has_file("progress-"), timeout=60)
+
+        process.send_signal(signal.SIGKILL)
+        assert await process.wait() == -signal.SIGKILL
+
+        conn = await db.connect(Path(env["IMAGINE_DB"]))
+        try:
+            cursor = await conn.execute("SELECT id FROM jobs WHERE interaction_id = ?", (handle.id,))
+            (job_id,) = await cursor.fetchone()  # type: ignore[misc]
+            interrupted = await db.get_job(conn, job_id)
+            assert interrupted is not None and interrupted.status == "running"
+        finally:
+            await conn.close()
+
+        mark = fake.mark()
+        second = await start_bot(env, log_path)
+        await wait_ready_or_exit(fake, second, mark, log_path)
+        final = await handle.wait_for_original(is_final, timeout=120)
+        # The user was told, and the same message carries the picture in the end.
+        assert any("restarted" in r.content for r in final.revisions)
+        assert final.attachment_data(0).startswith(PNG_SIGNATURE)
+        assert sorted(final.custom_ids()) == [f"job:{job_id}:reroll", f"job:{job_id}:variation"]
+
+        conn = await db.connect(Path(env["IMAGINE_DB"]))
+        try:
+            job = await db.get_job(conn, job_id)
+        finally:
+            await conn.close()
+        assert job is not None
+        # 'done' lands right after the final edit; the edit is what the user sees.
+        assert job.attempts == 2
+        second.send_signal(signal.SIGTERM)  # a graceful stop
+        assert await asyncio.wait_for(second.wait(), 60) == 0
+        conn = await db.connect(Path(env["IMAGINE_DB"]))
+        try:
+            done = await db.get_job(conn, job_id)
+        finally:
+            await conn.close()
+        assert done is not None and done.status == "done"
+        assert done.output_path is not None and Path(done.output_path).is_file()
+    finally:
+        for proc in (process, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    log_text = log_path.read_text()
+    assert fake.token not in log_text
+    assert handle.token not in log_text  # interaction tokens are redacted too
