@@ -57,8 +57,70 @@ def is_moderator(interaction: discord.Interaction[Any], moderator_role_id: int |
     return permissions.is_moderator(caller, moderator_role_id)
 
 
+class QueuePositions:
+    """Queue places for many new jobs from few reads.
+
+    When hundreds of commands arrive at once, one ``queue_position`` read per job would queue
+    hundreds of reads behind each other on the database connection. Instead, callers join the
+    next snapshot of the whole fair queue that has not started yet (so it sees their job, which
+    they committed before asking) and read their place from it.
+    """
+
+    # How long a snapshot waits for admissions in flight to commit their rows first.
+    SETTLE_LIMIT = 0.5
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()  # one snapshot at a time
+        self._next: asyncio.Future[dict[int, int]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Admissions between "started" and "row committed (or refused)": a snapshot taken
+        # while some are in flight would be stale for them a moment later.
+        self._inserting = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    def inserting(self) -> None:
+        self._inserting += 1
+        self._settled.clear()
+
+    def inserted(self) -> None:
+        self._inserting -= 1
+        if self._inserting == 0:
+            self._settled.set()
+
+    async def position(self, job_id: int) -> int | None:
+        """1 = next to run; None when the job is not waiting in the queue (running, done)."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._snapshot(self._next))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        positions = await asyncio.shield(self._next)
+        return positions.get(job_id)
+
+    async def _snapshot(self, future: asyncio.Future[dict[int, int]]) -> None:
+        # In a burst, let the other admissions commit first: one snapshot then serves them all.
+        try:
+            await asyncio.wait_for(self._settled.wait(), self.SETTLE_LIMIT)
+        except TimeoutError:
+            pass
+        async with self._lock:
+            if self._next is future:
+                self._next = None  # from now on, callers wait for the snapshot after this one
+            try:
+                entries = await db.fair_queue(self._conn)
+            except Exception as error:
+                future.set_exception(error)
+            else:
+                future.set_result(
+                    {e.job.id: e.position for e in entries if e.position is not None}
+                )
+
+
 class JobService:
     TIMINGS_TTL = 10.0
+    REPLY_DETAILS_WAIT = 2.0
 
     def __init__(
         self,
@@ -79,6 +141,12 @@ class JobService:
         # Recent job durations change only when jobs finish; reading them for every ack of a
         # burst would queue hundreds of reads on the one database connection.
         self._timings: tuple[float, dict[str, db.GeneratorTiming]] | None = None
+        self.positions = QueuePositions(conn)
+        # Commands being admitted right now. Storing reply details waits until none are (or
+        # REPLY_DETAILS_WAIT has passed), so a burst of commands gets its answers first.
+        self._admitting = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     # ---- new jobs ---------------------------------------------------------------------------
 
@@ -103,18 +171,61 @@ class JobService:
         already answered with an ephemeral "thinking" (a command with attachments); the job's
         message is then a public followup and the ephemeral answer says where it is.
         """
+        self._admitting += 1
+        self._quiet.clear()
+        try:
+            answered = await self._admit_and_answer(interaction, spec, deferred=deferred)
+        finally:
+            self._admitting -= 1
+            if self._admitting == 0:
+                self._quiet.set()
+        if answered is None:
+            return None
+        job, message_id, expires = answered
+        try:
+            # Stored after the answer, to keep answers quick; the job's edits wait for it (the
+            # reply manager's ack gate), so no edit goes out without these details.
+            try:
+                await asyncio.wait_for(self._quiet.wait(), self.REPLY_DETAILS_WAIT)
+            except TimeoutError:
+                pass
+            job = await db.set_reply(
+                self._conn,
+                job.id,
+                interaction_id=interaction.id,
+                interaction_token=interaction.token,
+                application_id=interaction.application_id,
+                token_expires_at=expires,
+                message_id=message_id,
+            )
+        except Exception:
+            log.exception("could not store the reply details of job %s", job.id)
+        finally:
+            self.replies.acks.acked(job.id)
+        return job
+
+    async def _admit_and_answer(
+        self, interaction: discord.Interaction[Any], spec: JobSpec, *, deferred: bool
+    ) -> tuple[Job, int | None, float] | None:
+        """Admit the job and send the answer; (job, followup message id, token expiry)."""
         received = time.monotonic()
+        self.positions.inserting()
         try:
             job = await self.admission.admit(spec)
         except Refused as refused:
+            self.positions.inserted()
             await self.refuse(interaction, refused.message, deferred=deferred)
             return None
+        except BaseException:
+            self.positions.inserted()
+            raise
+        self.positions.inserted()
         self.scheduler.wake()
         # The interaction's token dies 15 minutes after it was issued (a moment before now).
         expires = time.time() + self._settings.token_lifetime
         message_id: int | None = None
         try:
-            position = await db.queue_position(self._conn, job.id)
+            position = await self.positions.position(job.id)
             eta = await self.eta(position, job.generator)
             kwargs = edit_kwargs(render.queued(job, position, eta))
             kwargs.pop("attachments")
@@ -133,23 +244,7 @@ class JobService:
             # The job is saved and will run; its result reaches the channel even without this
             # answer (the reply sink falls back to a channel message).
             log.warning("could not acknowledge job %s: %s", job.id, error)
-        try:
-            # Stored after the answer, to keep the answer quick; the job's edits wait for it
-            # (the reply manager's ack gate), so none goes out without these details.
-            job = await db.set_reply(
-                self._conn,
-                job.id,
-                interaction_id=interaction.id,
-                interaction_token=interaction.token,
-                application_id=interaction.application_id,
-                token_expires_at=expires,
-                message_id=message_id,
-            )
-        except Exception:
-            log.exception("could not store the reply details of job %s", job.id)
-        finally:
-            self.replies.acks.acked(job.id)
-        return job
+        return job, message_id, expires
 
     async def refuse(
         self, interaction: discord.Interaction[Any], message: str, *, deferred: bool = False

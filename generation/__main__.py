@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
+from generation.prompts import parse_prompts
 from generation.request import (
     MAX_SEED,
     GenerationRequest,
@@ -171,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        parse_prompts(args.prompt)  # a bad prompt fails before torch is even imported
         from generation.models import ModelsConfig
 
         config = ModelsConfig.load(args.models)

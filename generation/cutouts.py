@@ -50,9 +50,7 @@ class Cutouts:
         self.augment = augment
         self.aug = augmentations or Augmentations()
 
-    def __call__(
-        self, image: torch.Tensor, size: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         """image [1, 3, H, W] in [0, 1] -> cutouts [cutn, 3, size, size]."""
         _, _, height, width = image.shape
         matrices = self.matrices(height, width, size, generator)  # [cutn, 3, 3]

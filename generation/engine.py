@@ -30,13 +30,13 @@ def generate(
     weights, OutOfMemory when the device runs out (the store and the caller survive it)."""
     check_request(request, known_generators=generator_names())
     generator = get_generator(request.generator)
-    generator.check(request, store)
     control = control or RunControl()
     # Generators draw their randomness from torch.Generator objects seeded from the request;
     # the global seed is set too, for library code that reaches for the global RNG.
     torch.manual_seed(request.seed)
     out_of_memory = False
     try:
+        generator.check(request, store)  # may load models: it can run out of memory too
         result = generator.run(request, store, control)
         clip_score = result.clip_score
         if clip_score is None:

@@ -46,7 +46,9 @@ def load_image(path: str | Path) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadRequest(f"image {name!r} is too large to decode; send a smaller one") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise BadRequest(f"{name!r} is not an image PIL can read: send a PNG, JPEG or WebP") from None
+        raise BadRequest(
+            f"{name!r} is not an image PIL can read: send a PNG, JPEG or WebP"
+        ) from None
 
 
 def pil_to_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -19,9 +19,7 @@ def torch_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def make_optimizer(
-    name: str, params: Iterable[torch.Tensor], lr: float
-) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     params = list(params)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)

@@ -179,7 +179,9 @@ def _relative(value: str, base_dir: Path) -> Path:
 
 def _clip_spec(item: Any, base_dir: Path, where: str) -> ClipSpec:
     if not isinstance(item, dict) or not isinstance(item.get("model"), str):
-        raise BadRequest(f'{where}: every [[clip]] needs model = "<open_clip name>", e.g. "ViT-B-32"')
+        raise BadRequest(
+            f'{where}: every [[clip]] needs model = "<open_clip name>", e.g. "ViT-B-32"'
+        )
     weight = item.get("weight", 1.0)
     if not isinstance(weight, int | float) or weight < 0:
         raise BadRequest(f"{where}: clip {item['model']!r} weight must be a number >= 0")
@@ -234,9 +236,13 @@ def resolve_weight(
     how to get the file, when it is missing and cannot be downloaded."""
     cache_dir = cache_dir or default_cache_dir()
     if spec.startswith("hf://"):
-        return _from_hub(spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download)
+        return _from_hub(
+            spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download
+        )
     if spec.startswith(("http://", "https://")):
-        return _from_url(spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download)
+        return _from_url(
+            spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download
+        )
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -313,7 +319,13 @@ def _from_hub(spec: str, *, what: str, how_to_get: str, cache_dir: Path, downloa
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise BadRequest(f"unknown device {device!r}: use cpu or cuda") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise BadRequest("CUDA is not available on this machine: use the cpu device")
+        return chosen
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 OPEN_CLIP_HOW_TO = (
     "Run once on a machine with network access to fill the cache, or download the weights "
-    "file yourself and set pretrained = \"/path/to/file\" in the models file."
+    'file yourself and set pretrained = "/path/to/file" in the models file.'
 )
 
 
@@ -81,9 +81,7 @@ class Perceptor:
     def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images [B, 3, H, W] in [0, 1] -> one L2-normalised [B, D] tensor per model, each
         image resized to that model's input size. Differentiable with respect to ``images``."""
-        return [
-            self.embed(i, resize(images, m.input_size)) for i, m in enumerate(self.models)
-        ]
+        return [self.embed(i, resize(images, m.input_size)) for i, m in enumerate(self.models)]
 
     def embed(self, index: int, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, s, s] in [0, 1] already at model ``index``'s input size ->
@@ -101,7 +99,9 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 3, size, size], antialiased when shrinking."""
     if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
@@ -115,7 +115,7 @@ def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
     if spec.model not in open_clip.list_models():
         raise WeightsNotFound(
             f"open_clip has no model {spec.model!r}; choose one of open_clip.list_models(), "
-            f"e.g. ViT-B-32, or give config = \"arch.json\" for a custom one"
+            f'e.g. ViT-B-32, or give config = "arch.json" for a custom one'
         )
     if spec.pretrained is None:
         # Random weights are what was asked for here; open_clip's warning about them is noise.

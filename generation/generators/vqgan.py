@@ -220,8 +220,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
 
     def synth(latents: torch.Tensor) -> torch.Tensor:
         """latents [1, D, h, w] -> image [1, 3, H, W] in [0, 1]."""
+        snapped = quantize(latents, codebook)  # fp32: low precision could pick other codes
         with decoder_autocast:
-            decoded = model.decode(quantize(latents, codebook)).float()
+            decoded = model.decode(snapped).float()
         return clamp_with_grad((decoded + 1) / 2)
 
     with cudnn:
@@ -280,4 +281,3 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         clip_score=score,
         metadata={"vqgan": model.name},
     )
-

@@ -37,9 +37,14 @@ class Callback:
 
 
 def _malicious_checkpoint(tmp_path: Path, marker: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    tensors = {"encoder.conv_in.weight": torch.randn(4, 3, 3, 3), "quantize.embedding.weight": torch.randn(8, 2)}
+    tensors = {
+        "encoder.conv_in.weight": torch.randn(4, 3, 3, 3),
+        "quantize.embedding.weight": torch.randn(8, 2),
+    }
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": tensors, "callbacks": {"cb": Callback()}, "hook": Payload(marker)}, path)
+    torch.save(
+        {"state_dict": tensors, "callbacks": {"cb": Callback()}, "hook": Payload(marker)}, path
+    )
     return path, tensors
 
 
@@ -76,7 +81,11 @@ def test_old_non_zip_format_loads_restricted_too(tmp_path) -> None:
     marker = tmp_path / "marker.txt"
     path = tmp_path / "old.pth"
     weight = torch.randn(2, 2)
-    torch.save({"state_dict": {"w": weight}, "hook": Payload(marker)}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": {"w": weight}, "hook": Payload(marker)},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     assert torch.equal(load_state_dict(path)["w"], weight)
     assert not marker.exists()
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
         (["a fox", "-o", "x.png", "--models", "/no/models.toml"], "models file"),
         (["a fox", "-o", "x.png", "--noise-prompt", "x:y"], "SEED:WEIGHT"),
         (["a fox", "-o", "x.png", "--optimizer", "lbfgs"], "invalid choice"),
+        (["a fox", "-o", "x.png", "--device", "gpu0"], "unknown device"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv, message) -> None:

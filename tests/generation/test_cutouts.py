@@ -48,7 +48,11 @@ def test_full_size_crop_without_augmentation_is_the_image() -> None:
 
 
 def test_cut_pow_favours_small_crops() -> None:
-    small = Cutouts(cutn=64, cut_pow=4.0, augment=False).matrices(64, 64, 16, torch_generator(0, "cpu"))
-    large = Cutouts(cutn=64, cut_pow=0.25, augment=False).matrices(64, 64, 16, torch_generator(0, "cpu"))
+    small = Cutouts(cutn=64, cut_pow=4.0, augment=False).matrices(
+        64, 64, 16, torch_generator(0, "cpu")
+    )
+    large = Cutouts(cutn=64, cut_pow=0.25, augment=False).matrices(
+        64, 64, 16, torch_generator(0, "cpu")
+    )
     # The scale of each crop is the diagonal of its placement matrix.
     assert small[:, 0, 0].mean() < large[:, 0, 0].mean()

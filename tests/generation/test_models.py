@@ -108,18 +108,24 @@ def test_missing_local_weight_says_where_and_how(tmp_path) -> None:
 def test_url_not_cached_with_downloads_off(tmp_path) -> None:
     url = "https://example.org/d/abc/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
     with pytest.raises(WeightsNotFound) as error:
-        resolve_weight(url, what="VQGAN x", how_to_get="Get it.", cache_dir=tmp_path, download=False)
+        resolve_weight(
+            url, what="VQGAN x", how_to_get="Get it.", cache_dir=tmp_path, download=False
+        )
     target = url_cache_path(url, tmp_path)
     assert str(target) in str(error.value) and target.name.endswith("last.ckpt")
     # Placed by hand at that path, it is found without any network.
     target.parent.mkdir(parents=True)
     target.write_bytes(b"weights")
-    assert resolve_weight(url, what="x", how_to_get="", cache_dir=tmp_path, download=False) == target
+    assert (
+        resolve_weight(url, what="x", how_to_get="", cache_dir=tmp_path, download=False) == target
+    )
 
 
 def test_hub_file_not_cached_with_downloads_off(tmp_path) -> None:
     with pytest.raises(WeightsNotFound, match="not in the cache"):
-        resolve_weight("hf://owner/repo/w.ckpt", what="w", how_to_get="", cache_dir=tmp_path, download=False)
+        resolve_weight(
+            "hf://owner/repo/w.ckpt", what="w", how_to_get="", cache_dir=tmp_path, download=False
+        )
 
 
 @pytest.fixture
@@ -171,7 +177,10 @@ def test_store_loads_each_model_once() -> None:
 def test_tiny_models_are_the_same_in_every_store() -> None:
     a = ModelStore(ModelsConfig.load("tiny"), device="cpu").perceptor().models[0].model
     b = tiny_store().perceptor().models[0].model
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_ensemble_uses_each_models_own_input_size(tmp_path) -> None:
@@ -179,7 +188,9 @@ def test_ensemble_uses_each_models_own_input_size(tmp_path) -> None:
     arch["vision_cfg"]["image_size"] = 48
     (tmp_path / "imagine-test-clip48.json").write_text(json.dumps(arch))
     base = ModelsConfig.load("tiny")
-    second = type(base.clip[0])(model="imagine-test-clip48", config=tmp_path / "imagine-test-clip48.json", weight=0.5)
+    second = type(base.clip[0])(
+        model="imagine-test-clip48", config=tmp_path / "imagine-test-clip48.json", weight=0.5
+    )
     import dataclasses
 
     store = ModelStore(dataclasses.replace(base, clip=(base.clip[0], second)), device="cpu")

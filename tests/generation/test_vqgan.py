@@ -31,7 +31,9 @@ def test_similarity_to_the_prompt_rises_over_20_steps() -> None:
     store = tiny_store()
     gains = []
     for seed in (1, 2, 3):
-        result, frames = run(store, request(NAME, steps=20, width=64, height=64, cutn=16, seed=seed))
+        result, frames = run(
+            store, request(NAME, steps=20, width=64, height=64, cutn=16, seed=seed)
+        )
         gains.append(similarity(store, result.image) - similarity(store, frames[0].image))
     # A random tiny CLIP moves in small steps; every seed must rise, and clearly on average.
     assert min(gains) > 0, gains
@@ -44,7 +46,9 @@ def test_a_negative_weight_pushes_the_image_away_from_its_prompt() -> None:
     for seed in (1, 2, 3):
         req = request(NAME, prompt="blurry:-1", steps=20, width=64, height=64, cutn=16, seed=seed)
         result, frames = run(store, req)
-        drops.append(similarity(store, frames[0].image, "blurry") - similarity(store, result.image, "blurry"))
+        drops.append(
+            similarity(store, frames[0].image, "blurry") - similarity(store, result.image, "blurry")
+        )
     assert min(drops) > 0, drops
     assert sum(drops) / len(drops) > 0.008, drops
 
@@ -64,7 +68,9 @@ def test_progress_arrives_every_n_steps_and_at_the_last() -> None:
 
 def _picture(path, size=(64, 64)) -> str:
     """A picture with structure (a gradient and a disc), not one flat colour."""
-    y, x = torch.meshgrid(torch.linspace(0, 1, size[1]), torch.linspace(0, 1, size[0]), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.linspace(0, 1, size[1]), torch.linspace(0, 1, size[0]), indexing="ij"
+    )
     disc = (((x - 0.5) ** 2 + (y - 0.5) ** 2) < 0.1).float()
     pixels = torch.stack([x, y, disc]).mul(255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels, "RGB").save(path)
@@ -134,7 +140,9 @@ def test_image_prompt_similarity_rises(tmp_path) -> None:
 def test_noise_prompts_and_every_optimizer_run() -> None:
     store = tiny_store()
     for optimizer in ("adam", "adamw", "sgd"):
-        result, _ = run(store, request(NAME, steps=2, optimizer=optimizer, noise_prompts=((5, 0.5),)))
+        result, _ = run(
+            store, request(NAME, steps=2, optimizer=optimizer, noise_prompts=((5, 0.5),))
+        )
         assert result.steps_done == 2
         assert result.metadata["noise_prompts"] == "5:0.5"
         assert result.metadata["optimizer"] == optimizer
@@ -193,7 +201,12 @@ def test_published_layout_checkpoint_loads_into_the_plain_module(tmp_path) -> No
     trained = vqgan.build_from_yaml(tmp_path / "model.yaml", seed=123)
     checkpoint = _lightning_checkpoint(trained, tmp_path / "last.ckpt")
     store = tiny_store(
-        {"vqgan": {"default": "mine", "models": {"mine": {"config": config, "checkpoint": checkpoint}}}}
+        {
+            "vqgan": {
+                "default": "mine",
+                "models": {"mine": {"config": config, "checkpoint": checkpoint}},
+            }
+        }
     )
     model = vqgan.load_model(store)
     assert torch.equal(model.codebook, trained.codebook)
@@ -205,7 +218,12 @@ def test_published_layout_checkpoint_loads_into_the_plain_module(tmp_path) -> No
 def test_gumbel_vqgan_runs(tmp_path) -> None:
     config = _tiny_yaml(tmp_path, target="taming.models.vqgan.GumbelVQ")
     store = tiny_store(
-        {"vqgan": {"default": "gumbel", "models": {"gumbel": {"config": config, "checkpoint": "random"}}}}
+        {
+            "vqgan": {
+                "default": "gumbel",
+                "models": {"gumbel": {"config": config, "checkpoint": "random"}},
+            }
+        }
     )
     model = vqgan.load_model(store)
     assert model.gumbel and model.factor == 2

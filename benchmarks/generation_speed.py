@@ -1,0 +1,252 @@
+"""Steps per second of our generation loop against a textbook loop, same models, same device.
+
+    python benchmarks/generation_speed.py                 # 256 px, cutn 32, 5 measured steps
+    python benchmarks/generation_speed.py --quick         # 2 measured steps, a smoke check
+    python benchmarks/generation_speed.py --generators vqgan,diffusion
+
+For VQGAN the models are the real architectures with random weights (speed does not depend on
+the weights): open_clip ViT-B-32 and the f16 / 16384-code ImageNet VQGAN. "ours" is the engine's
+own loop (``generation.engine.generate``); "textbook" is a straightforward VQGAN+CLIP step written
+below the way the popular scripts do it: decode, crop every cutout in a Python loop and resize it,
+kornia augmentations, encode, loss, backward, fp32, VQGAN weights left trainable.
+
+The two loops run interleaved, one step each in turn, so a busy machine slows both alike; warm-up
+steps are not counted; the figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from generation.engine import generate  # noqa: E402
+from generation.loop import clamp_with_grad  # noqa: E402
+from generation.models import CONFIG_DIR, ModelsConfig, ModelStore  # noqa: E402
+from generation.request import GenerationRequest, RunControl  # noqa: E402
+
+PROMPT = "a lighthouse in a storm, oil painting"
+
+
+@dataclass
+class Timings:
+    """Seconds per step for each loop of one comparison."""
+
+    name: str
+    ours: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    baseline_name: str = "textbook"
+    notes: str = ""
+
+
+# A comparison is a function (args, device) -> Timings. Register yours in COMPARISONS.
+Comparison = Callable[[argparse.Namespace, torch.device], Timings]
+
+
+def interleaved(
+    store: ModelStore,
+    request: GenerationRequest,
+    baseline_step: Callable[[], None],
+    warmup: int,
+    timings: Timings,
+) -> Timings:
+    """Run ``request`` through the real engine and, at the start of each of its steps, one
+    baseline step, so both loops see the same machine load. Our step i is timed from the end
+    of baseline step i to the start of our step i + 1 (the hook runs as a step starts), so
+    ``request.steps`` must be one more than the steps to time."""
+    measured = request.steps - 1
+    last_end = [0.0]
+
+    def between_steps() -> None:
+        if timings.baseline:
+            timings.ours.append(time.perf_counter() - last_end[0])
+        if len(timings.baseline) < measured:
+            start = time.perf_counter()
+            baseline_step()
+            timings.baseline.append(time.perf_counter() - start)
+        last_end[0] = time.perf_counter()
+
+    generate(request, store, RunControl(between_steps=between_steps))
+    timings.ours = timings.ours[warmup:measured]
+    timings.baseline = timings.baseline[warmup:measured]
+    return timings
+
+
+# --------------------------------------------------------------------------- VQGAN + CLIP
+
+
+def vqgan_store(device: torch.device) -> ModelStore:
+    """ViT-B-32 (random weights) + the f16 16384 VQGAN architecture (random weights)."""
+    config = ModelsConfig.from_dict(
+        {
+            "clip": [{"model": "ViT-B-32", "weight": 1.0}],
+            "generators": {
+                "vqgan": {
+                    "default": "f16_16384",
+                    "models": {
+                        "f16_16384": {
+                            "config": "vqgan_imagenet_f16_16384.yaml",
+                            "checkpoint": "random",
+                        }
+                    },
+                }
+            },
+        },
+        base_dir=CONFIG_DIR,
+        source="benchmark",
+    )
+    return ModelStore(config, device)
+
+
+class TextbookVQGANCLIP:
+    """A straightforward VQGAN+CLIP step, as the widely copied scripts write it."""
+
+    def __init__(self, store: ModelStore, request: GenerationRequest) -> None:
+        import kornia.augmentation as K
+
+        device = store.device
+        # The scripts load the VQGAN and never freeze it: its weight gradients are computed
+        # on every backward pass. CLIP they do freeze.
+        self.model = copy.deepcopy(store.vqgan()).requires_grad_(True)
+        self.clip = store.perceptor().models[0]
+        self.cut_size = self.clip.input_size
+        self.cutn, self.cut_pow = request.cutn, request.cut_pow
+        tokens = self.clip.tokenizer([PROMPT]).to(device)
+        with torch.no_grad():
+            self.target = F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
+        self.augment = torch.nn.Sequential(
+            K.RandomHorizontalFlip(p=0.5),
+            K.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=5, p=0.7, padding_mode="border"),
+            K.RandomPerspective(0.7, p=0.7),
+            K.ColorJitter(hue=0.1, saturation=0.1, p=0.7),
+        ).to(device)
+        codebook = self.model.codebook.detach()
+        f = self.model.factor
+        h, w = request.height // f, request.width // f
+        codes = torch.randint(codebook.shape[0], (h * w,), device=device)
+        one_hot = F.one_hot(codes, codebook.shape[0]).float()
+        self.z = (one_hot @ codebook).T.reshape(1, -1, h, w).clone().requires_grad_(True)
+        self.z_min = codebook.min(dim=0).values.view(1, -1, 1, 1)
+        self.z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
+        self.optimizer = torch.optim.Adam([self.z], lr=0.1)
+
+    def cutouts(self, image: torch.Tensor) -> torch.Tensor:
+        _, _, side_y, side_x = image.shape
+        max_size = min(side_x, side_y)
+        min_size = min(side_x, side_y, self.cut_size)
+        crops = []
+        for _ in range(self.cutn):
+            size = int(torch.rand([]) ** self.cut_pow * (max_size - min_size) + min_size)
+            x = int(torch.randint(0, side_x - size + 1, ()))
+            y = int(torch.randint(0, side_y - size + 1, ()))
+            crop = image[:, :, y : y + size, x : x + size]
+            crops.append(F.adaptive_avg_pool2d(crop, self.cut_size))
+        batch = self.augment(torch.cat(crops))
+        noise = batch.new_empty([self.cutn, 1, 1, 1]).uniform_(0, 0.1)
+        return batch + noise * torch.randn_like(batch)
+
+    def step(self) -> None:
+        codebook = self.model.codebook
+        flat = self.z.movedim(1, 3)  # [1, h, w, D]
+        d = flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(-1)
+        snapped = codebook[d.argmin(-1)]
+        z_q = (flat + (snapped - flat).detach()).movedim(3, 1)
+        image = clamp_with_grad(self.model.decode(z_q).add(1).div(2), 0, 1)
+        embeds = self.clip.model.encode_image(self.clip.normalize(self.cutouts(image))).float()
+        embeds = F.normalize(embeds, dim=-1)  # [cutn, D]
+        distance = (embeds[:, None] - self.target[None]).norm(dim=2).div(2).arcsin().pow(2).mul(2)
+        loss = distance.mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))
+
+
+def compare_vqgan(args: argparse.Namespace, device: torch.device) -> Timings:
+    store = vqgan_store(device)
+    request = GenerationRequest(
+        prompt=PROMPT,
+        seed=0,
+        steps=args.warmup + args.steps + 1,
+        width=args.size,
+        height=args.size,
+        cutn=args.cutn,
+        progress_every=10**6,
+    )
+    textbook = TextbookVQGANCLIP(store, request)
+    timings = Timings(name=f"vqgan f16_16384 + ViT-B-32, {args.size} px, cutn {args.cutn}")
+    return interleaved(store, request, textbook.step, args.warmup, timings)
+
+
+# --------------------------------------------------------------------------- the table
+
+COMPARISONS: dict[str, Comparison] = {
+    "vqgan": compare_vqgan,
+}
+
+
+def report(timings: Timings) -> str:
+    ours = statistics.median(timings.ours)
+    base = statistics.median(timings.baseline)
+    lines = [
+        f"{timings.name}  ({len(timings.ours)} measured steps each)",
+        f"  ours      {1 / ours:8.3f} steps/s  ({ours:.3f} s/step)",
+        f"  {timings.baseline_name:<9} {1 / base:8.3f} steps/s  ({base:.3f} s/step)",
+        f"  speed-up  {base / ours:8.2f}x",
+    ]
+    if timings.notes:
+        lines.append(f"  {timings.notes}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per loop (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted steps first (default 1)")
+    parser.add_argument("--quick", action="store_true", help="2 measured steps: a smoke check")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--cutn", type=int, default=32, help="cutouts per step (default 32)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--generators",
+        default="vqgan",
+        help=f"comma-separated, from: {', '.join(COMPARISONS)} (default vqgan)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = min(args.steps, 2)
+    unknown = [g for g in args.generators.split(",") if g not in COMPARISONS]
+    if unknown:
+        parser.error(
+            f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    for generator in args.generators.split(","):
+        print(report(COMPARISONS[generator](args, device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
