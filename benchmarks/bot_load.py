@@ -21,14 +21,14 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -73,7 +73,11 @@ async def fake_side(args: argparse.Namespace) -> None:
             *(
                 fake.send_slash_command(
                     "imagine",
-                    {"prompt": f"picture {i} of a lighthouse", "steps": body["steps"], "size": "64x64"},
+                    {
+                        "prompt": f"picture {i} of a lighthouse",
+                        "steps": body["steps"],
+                        "size": "64x64",
+                    },
                     member=members[i % len(members)],
                     channel=channels[i % len(channels)],
                 )
@@ -184,13 +188,14 @@ async def bot_side(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     import db
+    from bot.__main__ import lower_worker_priority
     from bot.client import ImagineBot, point_discord_at
     from bot.settings import Settings
     from generation.worker import GpuWorker
 
     child = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(SCRIPT),
         "--fake-side",
         "--users",
         str(args.users),
@@ -224,6 +229,7 @@ async def bot_side(args: argparse.Namespace) -> dict[str, Any]:
     conn = await db.connect(settings.db_path)
     worker = GpuWorker(settings.models)
     await worker.start()
+    await lower_worker_priority(worker, settings.worker_niceness)  # as `python -m bot` does
     bot = ImagineBot(settings, conn, worker)
     monitor = LagMonitor()
     results: dict[str, Any] = {}

@@ -16,7 +16,6 @@ blocked term.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +23,7 @@ from typing import Protocol
 import aiosqlite
 
 import db
+from bot.coalesce import NextRead
 from bot.moderation.terms import BlockedTerm as MatchTerm
 from bot.moderation.terms import find_blocked
 from db import Job, JobSpec
@@ -69,31 +69,19 @@ class BlockedTermsPolicy:
     """Refuses prompts that contain one of the guild's blocked terms (through the moderation
     matcher, which sees through case, accents, look-alike letters, spacing and digit swaps).
 
-    A guild's term list is cached: a burst of commands costs one database read, not one each.
-    Whatever changes the list calls ``invalidate(guild_id)`` so the change applies at once;
-    ``ttl`` bounds how stale the cache can get if another process changes the database."""
+    The term list is read for every prompt, so a term blocked a moment ago applies at once;
+    prompts of a burst share reads (``NextRead``) instead of queueing one read each."""
 
-    def __init__(self, conn: aiosqlite.Connection, *, ttl: float = 30.0) -> None:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._ttl = ttl
-        self._cache: dict[int, tuple[float, list[MatchTerm]]] = {}
+        self._reads: NextRead[int, list[MatchTerm]] = NextRead(self._read_terms)
 
-    def invalidate(self, guild_id: int | None = None) -> None:
-        """Forget the cached terms of one guild (or of all)."""
-        if guild_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(guild_id, None)
+    async def _read_terms(self, guild_id: int) -> list[MatchTerm]:
+        rows = await db.list_blocked_terms(self._conn, guild_id)
+        return [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
 
     async def terms(self, guild_id: int) -> list[MatchTerm]:
-        cached = self._cache.get(guild_id)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        rows = await db.list_blocked_terms(self._conn, guild_id)
-        terms = [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
-        self._cache[guild_id] = (now, terms)
-        return terms
+        return await self._reads.get(guild_id)
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
         if guild_id is None:

@@ -127,8 +127,11 @@ class ImagineBot(commands.Bot):
         if isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You may not use this command here."
         else:
-            log.error("command %s failed", interaction.command and interaction.command.name,
-                      exc_info=error)
+            log.error(
+                "command %s failed",
+                interaction.command and interaction.command.name,
+                exc_info=error,
+            )
             message = "Something went wrong on the bot's side; please try again."
         try:
             if interaction.response.is_done():

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import discord
 import db
 from bot import render
 from bot.admission import Admission, Refused
+from bot.coalesce import NextRead
 from bot.moderation import permissions
 from bot.progress import ReplyManager
 from bot.replies import edit_kwargs
@@ -58,64 +60,45 @@ def is_moderator(interaction: discord.Interaction[Any], moderator_role_id: int |
 
 
 class QueuePositions:
-    """Queue places for many new jobs from few reads.
+    """Queue places for many new jobs from few reads of the whole fair queue (``NextRead``).
 
-    When hundreds of commands arrive at once, one ``queue_position`` read per job would queue
-    hundreds of reads behind each other on the database connection. Instead, callers join the
-    next snapshot of the whole fair queue that has not started yet (so it sees their job, which
-    they committed before asking) and read their place from it.
-    """
+    A read waits (briefly) until admissions in flight have committed their rows: in a burst of
+    commands one read then serves them all."""
 
-    # How long a snapshot waits for admissions in flight to commit their rows first.
+    # How long a read waits for admissions in flight to commit first.
     SETTLE_LIMIT = 0.5
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
-        self._lock = asyncio.Lock()  # one snapshot at a time
-        self._next: asyncio.Future[dict[int, int]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Admissions between "started" and "row committed (or refused)": a snapshot taken
-        # while some are in flight would be stale for them a moment later.
         self._inserting = 0
         self._settled = asyncio.Event()
         self._settled.set()
+        self._reads: NextRead[None, dict[int, int]] = NextRead(self._read, before=self._settle)
 
     def inserting(self) -> None:
+        """An admission started: its row is about to be committed."""
         self._inserting += 1
         self._settled.clear()
 
     def inserted(self) -> None:
+        """That admission's row is committed (or it was refused)."""
         self._inserting -= 1
         if self._inserting == 0:
             self._settled.set()
 
-    async def position(self, job_id: int) -> int | None:
-        """1 = next to run; None when the job is not waiting in the queue (running, done)."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self._snapshot(self._next))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        positions = await asyncio.shield(self._next)
-        return positions.get(job_id)
-
-    async def _snapshot(self, future: asyncio.Future[dict[int, int]]) -> None:
-        # In a burst, let the other admissions commit first: one snapshot then serves them all.
+    async def _settle(self) -> None:
         try:
             await asyncio.wait_for(self._settled.wait(), self.SETTLE_LIMIT)
         except TimeoutError:
-            pass
-        async with self._lock:
-            if self._next is future:
-                self._next = None  # from now on, callers wait for the snapshot after this one
-            try:
-                entries = await db.fair_queue(self._conn)
-            except Exception as error:
-                future.set_exception(error)
-            else:
-                future.set_result(
-                    {e.job.id: e.position for e in entries if e.position is not None}
-                )
+            pass  # a steady stream of commands: read anyway
+
+    async def _read(self, _key: None) -> dict[int, int]:
+        entries = await db.fair_queue(self._conn)
+        return {e.job.id: e.position for e in entries if e.position is not None}
+
+    async def position(self, job_id: int) -> int | None:
+        """1 = next to run; None when the job is not waiting in the queue (running, done)."""
+        return (await self._reads.get(None)).get(job_id)
 
 
 class JobService:
@@ -147,6 +130,9 @@ class JobService:
         self._admitting = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+        # Observers (tests, tools): called with (interaction id, job) once a job's reply details
+        # are stored.
+        self.on_submitted: list[Callable[[int, Job], None]] = []
 
     # ---- new jobs ---------------------------------------------------------------------------
 
@@ -202,6 +188,8 @@ class JobService:
             log.exception("could not store the reply details of job %s", job.id)
         finally:
             self.replies.acks.acked(job.id)
+        for observer in self.on_submitted:
+            observer(interaction.id, job)
         return job
 
     async def _admit_and_answer(
@@ -260,7 +248,9 @@ class JobService:
 
     # ---- buttons ----------------------------------------------------------------------------
 
-    async def on_button(self, interaction: discord.Interaction[Any], job_id: int, action: str) -> None:
+    async def on_button(
+        self, interaction: discord.Interaction[Any], job_id: int, action: str
+    ) -> None:
         job = await db.get_job(self._conn, job_id)
         if job is None:
             await self.refuse(interaction, "This picture is no longer known to the bot.")
@@ -272,7 +262,9 @@ class JobService:
         elif action == "variation":
             await self.variation(interaction, job)
 
-    def _derived(self, interaction: discord.Interaction[Any], parent: Job, **changes: Any) -> JobSpec:
+    def _derived(
+        self, interaction: discord.Interaction[Any], parent: Job, **changes: Any
+    ) -> JobSpec:
         return parent.to_spec(
             parent_job_id=parent.id,
             user_id=interaction.user.id,
@@ -289,7 +281,9 @@ class JobService:
         seed = random_seed()
         while seed == parent.seed:
             seed = random_seed()
-        return await self.submit(interaction, self._derived(interaction, parent, kind="reroll", seed=seed))
+        return await self.submit(
+            interaction, self._derived(interaction, parent, kind="reroll", seed=seed)
+        )
 
     async def variation(self, interaction: discord.Interaction[Any], parent: Job) -> Job | None:
         """A new job that starts from the finished picture."""

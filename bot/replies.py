@@ -121,7 +121,9 @@ class JobReplySink:
     """Sends edits of one job's message, switching to a channel message when the interaction
     token can no longer be used."""
 
-    def __init__(self, client: discord.Client, conn: aiosqlite.Connection, job: Job, *, margin: float) -> None:
+    def __init__(
+        self, client: discord.Client, conn: aiosqlite.Connection, job: Job, *, margin: float
+    ) -> None:
         self._client = client
         self._conn = conn
         self.job_id = job.id
@@ -200,6 +202,8 @@ class JobReplySink:
                 return
             except discord.NotFound:
                 log.info("job %s: channel message was deleted; posting a new one", self.job_id)
-        message = await channel.send(**send_kwargs(channel_fallback(rendered, self.user_id), self.user_id))
+        message = await channel.send(
+            **send_kwargs(channel_fallback(rendered, self.user_id), self.user_id)
+        )
         self.channel_message_id = message.id
         await db.set_channel_message(self._conn, self.job_id, message.id)

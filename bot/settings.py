@@ -68,6 +68,9 @@ class Settings:
     # Whole-bot queue cap; a restart puts a job back at most max_attempts times.
     global_queue_cap: int = 200
     max_attempts: int = 3
+    # CPU niceness of the GPU worker's thread (Linux): on a busy CPU the event loop (answers,
+    # heartbeats) goes first and the painting waits a little. 0 leaves it as it is.
+    worker_niceness: int = 10
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be 1 or more, not {getattr(self, name)}")
+        if not 0 <= self.worker_niceness <= 19:
+            raise SettingsError(f"worker_niceness must be 0 to 19, not {self.worker_niceness}")
         if self.token_margin < 0 or self.token_margin >= self.token_lifetime:
             raise SettingsError("token_margin must be 0 or more and below token_lifetime")
         if self.default_steps > self.max_steps:
@@ -113,7 +118,7 @@ class Settings:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """"384x256" -> (384, 256)."""
+    """ "384x256" -> (384, 256)."""
     match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", text)
     if match is None:
         raise SettingsError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 256x256")
@@ -143,6 +148,7 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_PROGRESS_EVERY": "progress_every",
     "IMAGINE_GLOBAL_QUEUE_CAP": "global_queue_cap",
     "IMAGINE_MAX_ATTEMPTS": "max_attempts",
+    "IMAGINE_WORKER_NICENESS": "worker_niceness",
     "IMAGINE_LOG_LEVEL": "log_level",
 }
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}

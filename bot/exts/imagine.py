@@ -31,7 +31,7 @@ MAX_OPTION_SEED = 2**53 - 1
 
 
 def size_label(size: str) -> str:
-    """"384x256" -> "384×256 landscape 3:2"."""
+    """ "384x256" -> "384×256 landscape 3:2"."""
     width, height = parse_size(size)
     if width == height:
         return f"{width}×{height} square"
@@ -123,7 +123,11 @@ class ImagineCog(commands.Cog):
             height=height,
             generator=generator or (generators[0] if generators else "vqgan"),
         )
-        attachments = [(a, what) for a, what in ((init_image, "init image"), (image_prompt, "image prompt")) if a is not None]
+        attachments = [
+            (a, what)
+            for a, what in ((init_image, "init image"), (image_prompt, "image prompt"))
+            if a is not None
+        ]
         if not attachments:
             await jobs.submit(interaction, spec)
             return
@@ -167,10 +171,14 @@ class ImagineCog(commands.Cog):
         )
         await jobs.submit(interaction, spec, deferred=True)
 
-    @app_commands.command(name="queue", description="Your pictures in the queue and when they are due")
+    @app_commands.command(
+        name="queue", description="Your pictures in the queue and when they are due"
+    )
     async def queue(self, interaction: discord.Interaction) -> None:
         conn = self.bot.conn
-        entries = await db.queued_jobs_for_user(conn, interaction.user.id, guild_id=interaction.guild_id)
+        entries = await db.queued_jobs_for_user(
+            conn, interaction.user.id, guild_id=interaction.guild_id
+        )
         stats = await db.queue_stats(conn)
         header = f"{stats.queued} waiting and {stats.running} painting in the whole queue."
         if not entries:
@@ -192,11 +200,11 @@ class ImagineCog(commands.Cog):
             lines.append(f"**#{job.id}** {prompt}: {where}")
         if len(entries) > 15:
             lines.append(f"…and {len(entries) - 15} more.")
-        await interaction.response.send_message(
-            header + "\n" + "\n".join(lines), ephemeral=True
-        )
+        await interaction.response.send_message(header + "\n" + "\n".join(lines), ephemeral=True)
 
-    @app_commands.command(name="history", description="Your recent pictures with their seeds, to run again")
+    @app_commands.command(
+        name="history", description="Your recent pictures with their seeds, to run again"
+    )
     @app_commands.describe(order="Newest first, or best CLIP score first")
     @app_commands.choices(
         order=[

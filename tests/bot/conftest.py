@@ -3,6 +3,7 @@ running in this process against both."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from tests.fakediscord import FakeDiscord, StoredMessage, point_discord_py_at, r
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_settings(fake: FakeDiscord, tmp_path: Path, **changes: Any) -> Settings:
+def make_settings(fake: FakeDiscord, tmp_path: Path, **changes: Any) -> Settings:
     """Fast settings for tests: tiny 64x64 pictures, few steps, quick edits."""
     values: dict[str, Any] = dict(
         token=fake.token,
@@ -42,7 +43,9 @@ def test_settings(fake: FakeDiscord, tmp_path: Path, **changes: Any) -> Settings
     return Settings(**values)
 
 
-test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+# The name other test modules import; a helper, not a test (pytest skips __test__ = False).
+test_settings = make_settings
+make_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass
@@ -51,6 +54,19 @@ class Harness:
     bot: ImagineBot
     conn: Any
     settings: Settings
+    submitted: dict[int, int] = dataclasses.field(default_factory=dict)
+    _changed: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
+
+    def __post_init__(self) -> None:
+        def observer(interaction_id: int, job: db.Job) -> None:
+            self.submitted[interaction_id] = job.id
+            asyncio.ensure_future(self._notify())
+
+        self.bot.jobs.on_submitted.append(observer)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def imagine(self, **options: Any) -> Any:
         """Run /imagine as the default member and wait for its acknowledgement."""
@@ -62,23 +78,20 @@ class Harness:
         await handle.wait_for_callback()
         return handle
 
-    async def job_of(self, handle: Any) -> db.Job:
-        """The job row created for an interaction."""
-        cursor = await self.conn.execute(
-            "SELECT id FROM jobs WHERE interaction_id = ?", (handle.id,)
-        )
-        row = await cursor.fetchone()
-        assert row is not None, f"no job for interaction {handle.id}"
-        job = await db.get_job(self.conn, row[0])
+    async def job_of(self, handle: Any, *, limit: float = 30.0) -> db.Job:
+        """The job created for an interaction (waits until the bot has stored its reply)."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: handle.id in self.submitted), limit
+            )
+        job = await db.get_job(self.conn, self.submitted[handle.id])
         assert job is not None
         return job
 
-    async def wait_job_status(self, job_id: int, *statuses: str, timeout: float = 60.0) -> db.Job:
+    async def wait_job_status(self, job_id: int, *statuses: str, limit: float = 60.0) -> db.Job:
         """Wait (on the scheduler's finish notifications, re-reading the row) for a status."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         finished = self.bot.scheduler.on_job_finished
-        import asyncio
-
         changed = asyncio.Event()
 
         def observer(_job_id: int, _status: str) -> None:
@@ -101,6 +114,15 @@ class Harness:
                     pass  # look at the row again: a status can change without a finish
         finally:
             finished.remove(observer)
+
+
+def file_bytes(path: str | Path) -> bytes:
+    """A file's bytes (tests read small files; a helper keeps the reads out of coroutines)."""
+    return Path(path).read_bytes()
+
+
+def is_file(path: str | Path) -> bool:
+    return Path(path).is_file()
 
 
 def has_file(prefix: str) -> Callable[[StoredMessage], bool]:
@@ -148,7 +170,7 @@ def settings_changes() -> dict[str, Any]:
 async def harness(
     fake: FakeDiscord, worker: GpuWorker, tmp_path: Path, settings_changes: dict[str, Any]
 ) -> AsyncIterator[Harness]:
-    settings = test_settings(fake, tmp_path, **settings_changes)
+    settings = make_settings(fake, tmp_path, **settings_changes)
     conn = await db.connect(settings.db_path)
     bot = ImagineBot(settings, conn, worker)
     try:

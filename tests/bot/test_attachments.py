@@ -50,7 +50,9 @@ def bomb_png(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     rows = zlib.compress(b"\x00" * (width + 1) * 4)  # only a few rows: the rest is missing
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
 
 
 @dataclass
@@ -94,8 +96,14 @@ async def server() -> AsyncIterator[TestServer]:
         await test_server.close()
 
 
-def attachment(server: TestServer, name: str, size: int = 100, ctype: str | None = "image/png") -> FakeAttachment:
+def attachment(
+    server: TestServer, name: str, size: int = 100, ctype: str | None = "image/png"
+) -> FakeAttachment:
     return FakeAttachment(str(server.make_url(f"/files/{name}")), name, size, ctype)
+
+
+def listing(folder: Path) -> list[Path]:
+    return list(folder.iterdir())
 
 
 def test_sniff_format() -> None:
@@ -176,7 +184,7 @@ async def test_fetch_refuses_bad_files(
                 max_bytes=100_000,
                 max_pixels=4096 * 4096,
             )
-    assert list(tmp_path.iterdir()) == []  # nothing kept
+    assert listing(tmp_path) == []  # nothing kept
 
 
 async def test_download_stops_at_the_limit_even_when_the_size_was_understated(

@@ -16,7 +16,15 @@ import db
 from bot.client import ImagineBot
 from generation.errors import OutOfMemory
 from generation.worker import GpuWorker
-from tests.bot.conftest import PNG_SIGNATURE, Harness, has_file, is_final, test_settings
+from tests.bot.conftest import (
+    PNG_SIGNATURE,
+    Harness,
+    file_bytes,
+    has_file,
+    is_file,
+    is_final,
+    make_settings,
+)
 from tests.fakediscord import FakeDiscord, running_client
 
 
@@ -110,9 +118,11 @@ def png_file(size: tuple[int, int] = (48, 48)) -> bytes:
 
 
 async def count_jobs(harness: Harness) -> int:
-    return (await db.queue_stats(harness.conn)).queued + (await db.queue_stats(harness.conn)).running + (
-        await db.queue_stats(harness.conn)
-    ).done
+    return (
+        (await db.queue_stats(harness.conn)).queued
+        + (await db.queue_stats(harness.conn)).running
+        + (await db.queue_stats(harness.conn)).done
+    )
 
 
 @pytest.mark.parametrize(
@@ -152,7 +162,10 @@ async def test_good_attachment_becomes_the_init_image(harness: Harness) -> None:
     handle = await fake.send_slash_command(
         "imagine",
         {"prompt": "from my picture", "steps": 6},
-        attachments={"init_image": attachment, "image_prompt": fake.make_attachment(png_file((32, 40)), "look.png")},
+        attachments={
+            "init_image": attachment,
+            "image_prompt": fake.make_attachment(png_file((32, 40)), "look.png"),
+        },
     )
     followup = await handle.wait_for_followup(is_final, timeout=60)
     assert not followup.ephemeral  # the job's message is public
@@ -160,9 +173,9 @@ async def test_good_attachment_becomes_the_init_image(harness: Harness) -> None:
     assert "Queued as picture" in handle.original.content
     job = await harness.job_of(handle)
     assert job.init_image is not None
-    assert Path(job.init_image).read_bytes() == png_file()
+    assert file_bytes(job.init_image) == png_file()
     assert Path(job.init_image).parent == harness.settings.input_dir
-    assert len(job.image_prompts) == 1 and Path(job.image_prompts[0]).is_file()
+    assert len(job.image_prompts) == 1 and is_file(job.image_prompts[0])
 
 
 class FailingGenerate:
@@ -183,7 +196,7 @@ class FailingGenerate:
 async def failing_harness(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[Harness]:
     worker = GpuWorker("tiny", generate=FailingGenerate())
     await worker.start()
-    settings = test_settings(fake, tmp_path)
+    settings = make_settings(fake, tmp_path)
     conn = await db.connect(settings.db_path)
     bot = ImagineBot(settings, conn, worker)
     try:
@@ -201,9 +214,7 @@ async def test_failed_job_tells_its_user_and_the_next_job_runs(failing_harness: 
     doomed = await harness.imagine(prompt="an oom picture", steps=4)
     other = fake.add_member("dave")
     fine = await harness.imagine(prompt="a fine picture", steps=4, member=other)
-    failed = await doomed.wait_for_original(
-        lambda m: "could not be made" in m.content, timeout=60
-    )
+    failed = await doomed.wait_for_original(lambda m: "could not be made" in m.content, timeout=60)
     assert "ran out of memory" in failed.content
     assert failed.custom_ids() == []
     row = await harness.wait_job_status((await harness.job_of(doomed)).id, "failed")

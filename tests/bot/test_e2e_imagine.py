@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 from PIL import Image
 
 import db
-from tests.bot.conftest import PNG_SIGNATURE, Harness, has_file, is_final
+from tests.bot.conftest import PNG_SIGNATURE, Harness, file_bytes, has_file, is_final
 from tests.fakediscord import Permissions
 
 
@@ -33,7 +32,9 @@ async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harne
     assert ack is not None
     first = ack.revisions[0]
     assert "Queued" in first.content
-    assert f"job:{job.id}:cancel" in [c.get("custom_id") for row in first.components for c in row.get("components", [])]
+    assert f"job:{job.id}:cancel" in [
+        c.get("custom_id") for row in first.components for c in row.get("components", [])
+    ]
 
     final = await handle.wait_for_original(is_final, timeout=60)
     # At least two progress edits carried a PNG preview before the final.
@@ -54,7 +55,8 @@ async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harne
     assert "a red fox in the snow" in embed["description"]
     assert sorted(final.custom_ids()) == [f"job:{job.id}:reroll", f"job:{job.id}:variation"]
     done = await harness.wait_job_status(job.id, "done")
-    assert done.output_path is not None and Path(done.output_path).read_bytes() == final.attachment_data(0)
+    assert done.output_path is not None
+    assert file_bytes(done.output_path) == final.attachment_data(0)
     # Progress edits stayed inside the configured limits.
     assert fake.max_channel_edits_in_window(harness.settings.channel_edit_window) <= (
         harness.settings.channel_edit_limit

@@ -89,7 +89,9 @@ class RecordingSink:
     async def send(self, rendered: Rendered, *, final: bool) -> None:
         self.attempts += 1
         start = self.clock.now
-        latency = self.latency if self.latency is not None else 0.02 + (self.attempts * 37 % 11) / 20
+        latency = (
+            self.latency if self.latency is not None else 0.02 + (self.attempts * 37 % 11) / 20
+        )
         await self.clock.sleep(latency)
         if self.failures:
             raise self.failures.pop(0)

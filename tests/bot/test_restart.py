@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import db
-from tests.bot.conftest import PNG_SIGNATURE, has_file, is_final
+from tests.bot.conftest import PNG_SIGNATURE, file_bytes, has_file, is_file, is_final
 from tests.fakediscord import FakeDiscord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,8 @@ async def wait_ready_or_exit(
     done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
     if exited in done:
         ready.cancel()
-        raise AssertionError(f"the bot exited with {process.returncode}:\n{log_path.read_text()}")
+        log = file_bytes(log_path).decode(errors="replace")
+        raise AssertionError(f"the bot exited with {process.returncode}:\n{log}")
     exited.cancel()
     ready.result()
 
@@ -72,7 +73,9 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
     try:
         await wait_ready_or_exit(fake, process, fake.mark(), log_path)
         await fake.wait_for_commands("imagine")
-        handle = await fake.send_slash_command("imagine", {"prompt": "survive a crash", "steps": 60})
+        handle = await fake.send_slash_command(
+            "imagine", {"prompt": "survive a crash", "steps": 60}
+        )
         assert (await handle.wait_for_callback()).ok
         await handle.wait_for_original(has_file("progress-"), timeout=60)
 
@@ -81,7 +84,9 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
 
         conn = await db.connect(Path(env["IMAGINE_DB"]))
         try:
-            cursor = await conn.execute("SELECT id FROM jobs WHERE interaction_id = ?", (handle.id,))
+            cursor = await conn.execute(
+                "SELECT id FROM jobs WHERE interaction_id = ?", (handle.id,)
+            )
             (job_id,) = await cursor.fetchone()  # type: ignore[misc]
             interrupted = await db.get_job(conn, job_id)
             assert interrupted is not None and interrupted.status == "running"
@@ -113,12 +118,12 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
         finally:
             await conn.close()
         assert done is not None and done.status == "done"
-        assert done.output_path is not None and Path(done.output_path).is_file()
+        assert done.output_path is not None and is_file(done.output_path)
     finally:
         for proc in (process, second):
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    log_text = log_path.read_text()
+    log_text = file_bytes(log_path).decode(errors="replace")
     assert fake.token not in log_text
     assert handle.token not in log_text  # interaction tokens are redacted too
