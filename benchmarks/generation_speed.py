@@ -253,8 +253,109 @@ def main(argv: list[str] | None = None) -> int:
     for generator in args.generators.split(","):
         if generator in COMPARISONS:
             print(report(COMPARISONS[generator](args, device)), flush=True)
-    print(generators_table(args, device), flush=True)
+    print_generators_table(args, device)
     return 0
+
+
+# --------------------------------------------------------------------------- every generator:
+# steps per second and peak memory (DIFFUSION helper's part)
+#
+# One run of each generator through the engine at the same size and cutn, on random weights
+# with the real architectures: the pixel diffusion UNet of the DDPM 256 px models, Stable
+# Diffusion 1.x's UNet + VAE + text encoder, a 16 x 256 SIREN, and ViT-B-32 as the perceptor
+# for all of them. Steps are timed from one step's start to the next (warm-up steps dropped);
+# peak memory is the most the device held during the run, weights included (on a CPU: the
+# process's peak resident memory so far, which only grows from one generator to the next).
+
+RANDOM_ARCHITECTURES: dict[str, dict[str, object]] = {
+    "diffusion": {
+        "model": "random",
+        "unet_config": "ddpm-256-unet.json",
+        "scheduler_config": "ddpm-256-scheduler.json",
+    },
+    "latent_diffusion": {
+        "model": "random",
+        "unet_config": "sd15-unet.json",
+        "vae_config": "sd15-vae.json",
+        "text_encoder_config": "sd15-text-encoder.json",
+        "scheduler_config": "sd15-scheduler.json",
+    },
+}
+
+
+@dataclass
+class GeneratorSpeed:
+    name: str
+    seconds: list[float]  # per measured step
+    peak_bytes: int
+    peak_kind: str  # "GPU" or "RSS"
+
+
+def measure_generator(
+    generator: str, store: ModelStore, args: argparse.Namespace
+) -> GeneratorSpeed:
+    """Run one request through the engine and time every step after the warm-up."""
+    request = GenerationRequest(
+        prompt=PROMPT,
+        seed=0,
+        steps=args.warmup + args.steps + 1,
+        width=args.size,
+        height=args.size,
+        cutn=args.cutn,
+        generator=generator,
+        progress_every=10**6,
+    )
+    starts: list[float] = []
+    if store.device.type == "cuda":
+        torch.cuda.synchronize(store.device)
+        torch.cuda.reset_peak_memory_stats(store.device)
+
+    def between_steps() -> None:
+        if store.device.type == "cuda":
+            torch.cuda.synchronize(store.device)  # time finished work, not queued kernels
+        starts.append(time.perf_counter())
+
+    generate(request, store, RunControl(between_steps=between_steps))
+    steps = [b - a for a, b in zip(starts, starts[1:], strict=False)][args.warmup :]
+    if store.device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(store.device), "GPU"
+    else:
+        import resource
+
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "RSS"
+    return GeneratorSpeed(generator, steps, peak, kind)
+
+
+def generators_store(device: torch.device) -> ModelStore:
+    """ViT-B-32 + the f16 16384 VQGAN (as above) + the random real architectures of ours: a
+    fresh store per generator, so each peak counts its own weights and no one else's."""
+    config = vqgan_store(device).config
+    sections = {**config.generators, **RANDOM_ARCHITECTURES}
+    return ModelStore(replace(config, generators=sections), device)
+
+
+def print_generators_table(args: argparse.Namespace, device: torch.device) -> None:
+    """One row per generator, printed as soon as it is measured (a CPU run takes minutes).
+    Medians and fastest steps, as in the comparisons: on a shared machine the fastest step is
+    the one least disturbed by other work."""
+    print(
+        f"every generator at {args.size} px, cutn {args.cutn}, {args.steps} measured steps, "
+        f"random weights\n"
+        f"  {'generator':<17} {'median':>20}   {'fastest':>20}   {'peak memory':>14}",
+        flush=True,
+    )
+    for name in args.generators.split(","):
+        speed = measure_generator(name, generators_store(device), args)
+        gc.collect()  # the store and its models go before the next generator loads its own
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        median, fastest = statistics.median(speed.seconds), min(speed.seconds)
+        print(
+            f"  {speed.name:<17} {1 / median:8.3f} steps/s ({median:6.2f} s)"
+            f"   {1 / fastest:8.3f} steps/s ({fastest:6.2f} s)"
+            f"   {speed.peak_bytes / 2**30:6.2f} GiB {speed.peak_kind}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

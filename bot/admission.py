@@ -15,6 +15,7 @@ blocked term.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ class BlockedTermsPolicy:
         terms = await self.terms(guild_id)
         if not terms:
             return None
-        hit = find_blocked(prompt, terms)
+        # Off the loop: compiling a guild's list for the first time takes a few hundred
+        # milliseconds for hundreds of terms, and a long hostile prompt some milliseconds more.
+        hit = await asyncio.to_thread(find_blocked, prompt, terms)
         if hit is None:
             return None
         return Refusal(BLOCKED_MESSAGE, rule=f"term:{hit.normalized}")

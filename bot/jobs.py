@@ -51,7 +51,7 @@ def random_seed() -> int:
 def is_moderator(interaction: discord.Interaction[Any], moderator_role_id: int | None) -> bool:
     """Manage Messages (or Administrator) in this channel, or the guild's configured moderator
     role: the same rule as the moderator commands (``bot.moderation.permissions``)."""
-    # Moderation helper's edit: one definition of "moderator". The role ids come from the
+    # One definition of "moderator" for buttons and commands. The role ids come from the
     # interaction payload, since Member.get_role misses roles the guild cache does not hold.
     user = interaction.user
     role_ids = getattr(user, "_roles", ()) if isinstance(user, discord.Member) else ()

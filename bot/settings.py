@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bot.moderation.image_check import DEFAULT_IMAGE_THRESHOLD
+
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
 # Square first (it is the default), then aspect ratios. Every side is a multiple of 16 so the
@@ -71,6 +73,10 @@ class Settings:
     # CPU niceness of the GPU worker's thread (Linux): on a busy CPU the event loop (answers,
     # heartbeats) goes first and the painting waits a little. 0 leaves it as it is.
     worker_niceness: int = 10
+    # The moderation image check: CLIP image-to-text similarity at or above which a finished
+    # picture counts as showing a blocked concept. Image-text similarities run far lower than
+    # text-text ones, hence a threshold of its own (see bot/moderation/image_check.py).
+    image_check_threshold: float = DEFAULT_IMAGE_THRESHOLD
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -94,6 +100,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be 1 or more, not {getattr(self, name)}")
+        if not -1.0 <= self.image_check_threshold <= 1.0:
+            raise SettingsError(
+                f"image_check_threshold must be between -1 and 1, not {self.image_check_threshold}"
+            )
         if not 0 <= self.worker_niceness <= 19:
             raise SettingsError(f"worker_niceness must be 0 to 19, not {self.worker_niceness}")
         if self.token_margin < 0 or self.token_margin >= self.token_lifetime:
@@ -149,6 +159,7 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_GLOBAL_QUEUE_CAP": "global_queue_cap",
     "IMAGINE_MAX_ATTEMPTS": "max_attempts",
     "IMAGINE_WORKER_NICENESS": "worker_niceness",
+    "IMAGINE_IMAGE_CHECK_THRESHOLD": "image_check_threshold",
     "IMAGINE_LOG_LEVEL": "log_level",
 }
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}

@@ -91,8 +91,6 @@ def parse_prompts(prompt: str) -> list[Prompt]:
             raise BadRequest(f"{part.strip()!r} has a weight but no text before it")
         weight, stop = _parse_numbers(numbers, part)
         prompts.append(Prompt(" ".join(text.split()), weight, stop))
-    if all(p.weight == 0 for p in prompts):
-        raise BadRequest("every part of the prompt has weight 0: give at least one a weight")
     return prompts
 
 

@@ -122,9 +122,13 @@ def check_request(request: GenerationRequest, *, known_generators: tuple[str, ..
     Generator-specific checks (a size that must be a multiple of the VQGAN's factor, weights
     that are missing) happen in the generator, which knows its model.
     """
-    parse_prompts(request.prompt)  # raises BadRequest for an empty prompt or a bad weight
-    for spec in request.image_prompts:
-        parse_image_prompt(spec)
+    prompts = parse_prompts(request.prompt)  # raises BadRequest for an empty prompt or bad weight
+    image_prompts = [parse_image_prompt(spec) for spec in request.image_prompts]
+    weights = [p.weight for p in prompts] + [p.weight for p in image_prompts]
+    weights += [weight for _, weight in request.noise_prompts]
+    if all(weight == 0 for weight in weights):
+        # Nothing would steer the picture; an image prompt alone (text weight 0) is fine.
+        raise BadRequest("every prompt has weight 0: give the text or an image prompt a weight")
     if known_generators and request.generator not in known_generators:
         raise BadRequest(
             f"unknown generator {request.generator!r}; choose one of {', '.join(known_generators)}"

@@ -23,7 +23,7 @@ from discord.ext import commands
 
 import db
 from bot import render
-from bot.moderation.image_check import DEFAULT_IMAGE_THRESHOLD, FLAGGED_ACTION, ConceptImageCheck
+from bot.moderation.image_check import FLAGGED_ACTION, ConceptImageCheck
 from bot.moderation.normalize import normalize_term
 from bot.moderation.permissions import (
     MODERATOR_ROLE_REFUSAL,
@@ -618,6 +618,6 @@ async def setup(bot: "ImagineBot") -> None:
         bot.conn,
         bot.worker,
         # An operator setting when the bot's Settings offers one; the documented default else.
-        threshold=getattr(bot.settings, "image_check_threshold", DEFAULT_IMAGE_THRESHOLD),
+        threshold=bot.settings.image_check_threshold,
     )
     await bot.add_cog(ModerationCog(bot, embedder, policy, image_check))

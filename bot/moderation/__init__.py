@@ -1,7 +1,9 @@
-"""Pure moderation logic: blocked terms and blocked concepts.
+"""Moderation logic: blocked terms and blocked concepts.
 
-Nothing here imports discord, torch or the database; the bot's cogs call these functions with
-plain values. Term matching rules are documented in ``bot.moderation.terms``, concept checks in
+The matching modules (normalize, confusables, terms, concepts, concept_eval, permissions) are
+pure: they import neither discord, torch nor the database, and take plain values. The glue that
+reads guild settings and asks the GPU worker for embeddings (policy, image_check) imports the
+database, and is imported explicitly rather than re-exported here. Term matching rules are documented in ``bot.moderation.terms``, concept checks in
 ``bot.moderation.concepts``, and the evaluation of the concept filter in
 ``bot.moderation.concept_eval``.
 """

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from generation.errors import BadRequest, WeightsNotFound
+from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import clamp_with_grad, torch_generator
@@ -148,9 +148,10 @@ def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
                 DDPMScheduler, settings.model, settings.scheduler_subfolder, store, what=what
             ).config
         )
+    name = model_name(settings.model, settings.unet_config)
+    check_supported(name, unet.config.in_channels, unet.config.out_channels, scheduler_config)
     unet = unet.to(store.device).eval().requires_grad_(False)
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    name = model_name(settings.model, settings.unet_config)
     log.info("loaded diffusion UNet %s (factor %d)", name, factor)
     return DiffusionModel(unet, scheduler_config, name, factor)
 
@@ -224,6 +225,26 @@ def is_hub_id(spec: str) -> bool:
         return False
     parts = spec.split("/")
     return len(parts) == 2 and all(parts)
+
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def check_supported(
+    name: str, in_channels: int, out_channels: int, scheduler_config: dict[str, Any]
+) -> None:
+    """Refuse, at load time, models whose output the guidance cannot interpret."""
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise CheckpointError(
+            f"{name}: prediction type {prediction_type!r} is not supported; use a model that "
+            f"predicts {', '.join(PREDICTION_TYPES)}"
+        )
+    if out_channels != in_channels:
+        raise CheckpointError(
+            f"{name} outputs {out_channels} channels for {in_channels} in (a learned-variance "
+            f"model); use one that predicts only the noise"
+        )
 
 
 def make_scheduler(config: dict[str, Any], kind: str) -> Any:

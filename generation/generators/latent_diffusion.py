@@ -45,6 +45,7 @@ from generation.generators.diffusion import (
     RANDOM,
     SCHEDULERS,
     TINY,
+    check_supported,
     clamp_rms,
     config_file,
     from_epsilon,
@@ -184,11 +185,12 @@ def _load(store: ModelStore, settings: LatentSettings) -> LatentModel:
         context = int(text_encoder.config.max_position_embeddings)
         tokenize = _hf_tokenize(part(CLIPTokenizer, "tokenizer"), context)
         scheduler_config = dict(part(DDPMScheduler, "scheduler").config)
+    name = model_name(settings.model, dict(settings.configs)["unet"])
+    check_supported(name, unet.config.in_channels, unet.config.out_channels, scheduler_config)
     unet, vae, text_encoder = (
         m.to(store.device).eval().requires_grad_(False) for m in (unet, vae, text_encoder)
     )
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    name = model_name(settings.model, dict(settings.configs)["unet"])
     log.info("loaded latent diffusion %s (VAE factor %d)", name, factor)
     return LatentModel(
         unet=unet,

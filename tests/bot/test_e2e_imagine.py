@@ -13,7 +13,7 @@ from tests.fakediscord import Permissions
 
 async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harness) -> None:
     fake = harness.fake
-    handle = await harness.imagine(prompt="a red fox in the snow", steps=16, size="64x64", seed=5)
+    handle = await harness.imagine(prompt="a red fox in the snow", steps=30, size="64x64", seed=5)
     callback = await handle.wait_for_callback()
     assert callback.ok
     # Acknowledged well inside Discord's 3 seconds (measured from the fake sending it).
@@ -24,7 +24,7 @@ async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harne
     assert (job.prompt, job.seed, job.steps, job.width, job.height) == (
         "a red fox in the snow",
         5,
-        16,
+        30,
         64,
         64,
     )
@@ -50,7 +50,7 @@ async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harne
     assert image.size == (64, 64)
     embed = final.embeds[0]
     fields = {f["name"]: f["value"] for f in embed["fields"]}
-    assert fields["Seed"] == "5" and fields["Steps"] == "16" and fields["Size"] == "64×64"
+    assert fields["Seed"] == "5" and fields["Steps"] == "30" and fields["Size"] == "64×64"
     assert "Time" in fields and fields["Generator"] == job.generator
     assert "a red fox in the snow" in embed["description"]
     assert sorted(final.custom_ids()) == [f"job:{job.id}:reroll", f"job:{job.id}:variation"]

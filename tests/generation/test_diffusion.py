@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from generation.errors import BadRequest, WeightsNotFound
+from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.generators import diffusion
 from generation.models import CONFIG_DIR
 from generation.png import read_png_metadata
@@ -183,4 +183,15 @@ def test_random_weights_take_the_architecture_named_in_the_toml(tmp_path) -> Non
 def test_missing_architecture_file_is_named() -> None:
     store = tiny_store({NAME: {"model": "random", "unet_config": "no-such-unet.json"}})
     with pytest.raises(WeightsNotFound, match="no-such-unet.json"):
+        run(store, request(NAME, steps=1))
+
+
+def test_learned_variance_models_are_refused_at_load(tmp_path) -> None:
+    unet = json.loads((CONFIG_DIR / "tiny-diffusion-unet.json").read_text())
+    unet["out_channels"] = 6  # mean and variance, as guided-diffusion's models predict
+    (tmp_path / "learned-variance.json").write_text(json.dumps(unet))
+    store = tiny_store(
+        {NAME: {"model": "random", "unet_config": str(tmp_path / "learned-variance.json")}}
+    )
+    with pytest.raises(CheckpointError, match="6 channels"):
         run(store, request(NAME, steps=1))

@@ -39,7 +39,6 @@ def test_whitespace_is_normalised():
         ("a||b", "extra '|'"),
         (":2", "no text"),
         ("fox:1e9", "between -100 and 100"),
-        ("a:0 | b:0", "weight 0"),
         ("x" * 1001, "under 1000"),
         ("|".join(["a"] * 17), "at most 16"),
     ],
@@ -83,6 +82,12 @@ def test_check_request_refuses_bad_values(changes, message):
     request = GenerationRequest("a fox").replace(**changes)
     with pytest.raises(BadRequest, match=message):
         check_request(request, known_generators=("vqgan", "pixels"))
+
+
+def test_all_zero_weights_are_refused_unless_an_image_prompt_steers():
+    with pytest.raises(BadRequest, match="weight 0"):
+        check_request(GenerationRequest("a:0 | b:0"))
+    check_request(GenerationRequest("a:0", image_prompts=("/tmp/ref.png:1",)))
 
 
 def test_check_request_accepts_defaults():
