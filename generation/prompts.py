@@ -76,9 +76,13 @@ def _parse_numbers(numbers: list[str], part: str) -> tuple[float, float]:
 def parse_prompts(prompt: str) -> list[Prompt]:
     """Parse a user's prompt into weighted parts; raise BadRequest with a fix for bad input."""
     if prompt is None or not prompt.strip():
-        raise BadRequest("the prompt is empty: describe the picture, e.g. 'a lighthouse in a storm'")
+        raise BadRequest(
+            "the prompt is empty: describe the picture, e.g. 'a lighthouse in a storm'"
+        )
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise BadRequest(f"the prompt is {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
+        raise BadRequest(
+            f"the prompt is {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}"
+        )
     parts = prompt.split("|")
     if len(parts) > MAX_PARTS:
         raise BadRequest(f"the prompt has {len(parts)} parts; at most {MAX_PARTS} are allowed")

@@ -145,7 +145,9 @@ def check_request(request: GenerationRequest, *, known_generators: tuple[str, ..
     if not request.cut_pow > 0:
         raise BadRequest(f"cut_pow must be above 0, not {request.cut_pow}")
     if request.learning_rate is not None and not 0 < request.learning_rate <= 10:
-        raise BadRequest(f"learning rate must be above 0 and at most 10, not {request.learning_rate}")
+        raise BadRequest(
+            f"learning rate must be above 0 and at most 10, not {request.learning_rate}"
+        )
     if request.optimizer not in OPTIMIZERS:
         raise BadRequest(
             f"unknown optimizer {request.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"

@@ -238,7 +238,9 @@ class GpuWorker:
 
     # ---- bridge helpers (called from the device thread) ---------------------------------------
 
-    def _resolve(self, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    def _resolve(
+        self, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+    ) -> None:
         def settle() -> None:
             if future.done():
                 return
