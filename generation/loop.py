@@ -60,15 +60,21 @@ def report(
     loss: float,
     image: torch.Tensor,
     started: float,
+    *,
+    total: int | None = None,
 ) -> None:
-    """Hand a Progress to the caller if this step is one it wants (``step`` is 1-based)."""
+    """Hand a Progress to the caller if this step is one it wants (``step`` is 1-based).
+
+    ``total`` is the run's step count when it differs from ``request.steps`` (diffusion with
+    skip steps runs ``steps - skip_steps``)."""
+    total = request.steps if total is None else total
     if control.on_progress is not None and control.wants_progress(
-        step, request.steps, request.progress_every
+        step, total, request.progress_every
     ):
         control.on_progress(
             Progress(
                 step=step,
-                total=request.steps,
+                total=total,
                 loss=loss,
                 image=tensor_to_pil(image),
                 elapsed=time.perf_counter() - started,

@@ -46,12 +46,11 @@ from torch import nn
 from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
-from generation.loop import clamp_with_grad, torch_generator
+from generation.loop import clamp_with_grad, report, torch_generator
 from generation.models import CONFIG_DIR, ModelStore
 from generation.request import (
     GenerationRequest,
     GenerationResult,
-    Progress,
     RunControl,
     check_multiple,
 )
@@ -382,16 +381,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         ).prev_sample.detach()
 
         # 8. Progress with the clean image predicted at this step.
-        if control.wants_progress(index + 1, total, request.progress_every):
-            control.on_progress(
-                Progress(
-                    step=index + 1,
-                    total=total,
-                    loss=loss_value,
-                    image=tensor_to_pil(image.detach()),
-                    elapsed=time.perf_counter() - started,
-                )
-            )
+        report(control, request, index + 1, loss_value, image.detach(), started, total=total)
 
     # 9. The final sample is the picture.
     with torch.no_grad():

@@ -59,13 +59,12 @@ from generation.generators.diffusion import (
 )
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
-from generation.loop import clamp_with_grad, torch_generator
+from generation.loop import clamp_with_grad, report, torch_generator
 from generation.models import CONFIG_DIR, ModelStore
 from generation.prompts import parse_prompts
 from generation.request import (
     GenerationRequest,
     GenerationResult,
-    Progress,
     RunControl,
     check_multiple,
 )
@@ -347,16 +346,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         ).prev_sample.detach()
 
         # 9. Progress with the clean image decoded at this step.
-        if control.wants_progress(index + 1, total, request.progress_every):
-            control.on_progress(
-                Progress(
-                    step=index + 1,
-                    total=total,
-                    loss=loss_value,
-                    image=tensor_to_pil(image.detach()),
-                    elapsed=time.perf_counter() - started,
-                )
-            )
+        report(control, request, index + 1, loss_value, image.detach(), started, total=total)
 
     # 10. The final latents, decoded, are the picture.
     with torch.no_grad():

@@ -31,9 +31,9 @@ from torch import nn
 from generation.errors import BadRequest
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
-from generation.loop import make_optimizer, torch_generator
+from generation.loop import make_optimizer, report, torch_generator
 from generation.models import ModelStore
-from generation.request import GenerationRequest, GenerationResult, Progress, RunControl
+from generation.request import GenerationRequest, GenerationResult, RunControl
 
 NAME = "siren"
 # Deep Daze's learning rate: SIRENs with w0 = 30 diverge at the rates pixels take.
@@ -169,16 +169,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         optimizer.step()
         loss_value = float(loss.detach())
         # 6. Progress with the image this step scored.
-        if control.wants_progress(step + 1, request.steps, request.progress_every):
-            control.on_progress(
-                Progress(
-                    step=step + 1,
-                    total=request.steps,
-                    loss=loss_value,
-                    image=tensor_to_pil(image),
-                    elapsed=time.perf_counter() - started,
-                )
-            )
+        report(control, request, step + 1, loss_value, image, started)
 
     # 7. The final image, from the network after the last step.
     with torch.no_grad():
