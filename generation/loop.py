@@ -57,7 +57,7 @@ def report(
     control: RunControl,
     request: GenerationRequest,
     step: int,
-    loss: float,
+    loss: float | torch.Tensor,
     image: torch.Tensor,
     started: float,
     *,
@@ -66,7 +66,8 @@ def report(
     """Hand a Progress to the caller if this step is one it wants (``step`` is 1-based).
 
     ``total`` is the run's step count when it differs from ``request.steps`` (diffusion with
-    skip steps runs ``steps - skip_steps``)."""
+    skip steps runs ``steps - skip_steps``). ``loss`` may be a detached 0-d tensor: reading it
+    waits for the GPU, so it is read only on the steps that report."""
     total = request.steps if total is None else total
     if control.on_progress is not None and control.wants_progress(
         step, total, request.progress_every
@@ -75,7 +76,7 @@ def report(
             Progress(
                 step=step,
                 total=total,
-                loss=loss,
+                loss=float(loss),
                 image=tensor_to_pil(image),
                 elapsed=time.perf_counter() - started,
             )

@@ -411,18 +411,11 @@ class ModerationCog(commands.Cog):
         ):
             if value is not None:
                 changes[name] = value
-        if changes:
-            try:
-                settings = await db.set_guild_settings(
-                    self.conn, interaction.guild_id, actor_id=interaction.user.id, **changes
-                )
-            except ValueError as error:
-                await self._reply(interaction, f"Nothing changed: {error}.")
-                return
-            title = "Limits updated"
-        else:
-            settings = await db.get_guild_settings(self.conn, interaction.guild_id)
-            title = "Limits in this server"
+        found = await self._change_settings(interaction, changes)
+        if found is None:
+            return
+        settings, changed = found
+        title = "Limits updated" if changed else "Limits in this server"
         text = limits_text(settings, db.DEFAULT_LIMITS, self.bot.settings.global_queue_cap)
         await self._reply_embed(interaction, title, text)
 
@@ -589,20 +582,31 @@ class ModerationCog(commands.Cog):
         if "moderator_role_id" in changes and not may_change_moderator_role(caller_of(interaction)):
             await self._reply(interaction, MODERATOR_ROLE_REFUSAL)
             return
-        if changes:
-            try:
-                settings = await db.set_guild_settings(
-                    self.conn, interaction.guild_id, actor_id=interaction.user.id, **changes
-                )
-            except ValueError as error:
-                await self._reply(interaction, f"Nothing changed: {error}.")
-                return
-            title = "Settings updated"
-        else:
-            settings = await db.get_guild_settings(self.conn, interaction.guild_id)
-            title = "Moderation settings"
+        found = await self._change_settings(interaction, changes)
+        if found is None:
+            return
+        settings, changed = found
+        title = "Settings updated" if changed else "Moderation settings"
         text = settings_text(settings, self.policy.default_threshold, self.image_check.threshold)
         await self._reply_embed(interaction, title, text)
+
+    async def _change_settings(
+        self, interaction: discord.Interaction, changes: dict[str, Any]
+    ) -> tuple[db.GuildSettings, bool] | None:
+        """Apply ``changes`` to the guild's settings (or just read them when there are none).
+        Returns the settings and whether anything changed; None after telling the moderator
+        why a value was refused."""
+        assert interaction.guild_id is not None
+        if not changes:
+            return await db.get_guild_settings(self.conn, interaction.guild_id), False
+        try:
+            settings = await db.set_guild_settings(
+                self.conn, interaction.guild_id, actor_id=interaction.user.id, **changes
+            )
+        except ValueError as error:
+            await self._reply(interaction, f"Nothing changed: {error}.")
+            return None
+        return settings, True
 
 
 def _pictures(count: int) -> str:

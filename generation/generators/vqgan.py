@@ -251,7 +251,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         )
 
         started = time.perf_counter()
-        loss_value = float("nan")
+        # Kept as a tensor: reading a float every step would make the CPU wait for the GPU
+        # instead of queueing the next step's work.
+        last_loss = torch.tensor(float("nan"), device=device)
         for step in range(request.steps):
             # 3. Stop here if the caller cancelled (within one step of the request).
             control.check(step)
@@ -264,9 +266,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             optimizer.step()
             with torch.no_grad():
                 latents.copy_(latents.clamp(low, high))
-            loss_value = float(loss.detach())
+            last_loss = loss.detach()
             # 6. Progress with the image this step scored: no extra decode.
-            report(control, request, step + 1, loss_value, image.detach(), started)
+            report(control, request, step + 1, last_loss, image.detach(), started)
 
         # 7. The final image, from the latents after the last step.
         with torch.no_grad():
@@ -277,7 +279,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         request=request,
         steps_done=request.steps,
         elapsed=time.perf_counter() - started,
-        loss=loss_value,
+        loss=float(last_loss),
         clip_score=score,
         metadata={"vqgan": model.name},
     )
