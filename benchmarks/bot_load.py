@@ -188,6 +188,7 @@ async def bot_side(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     import db
+    from bot.__main__ import lower_worker_priority
     from bot.client import ImagineBot, point_discord_at
     from bot.settings import Settings
     from generation.worker import GpuWorker
@@ -226,9 +227,9 @@ async def bot_side(args: argparse.Namespace) -> dict[str, Any]:
     )
     point_discord_at(settings)
     conn = await db.connect(settings.db_path)
-    # As `python -m bot` builds it: the worker thread at the configured lower CPU priority.
-    worker = GpuWorker(settings.models, niceness=settings.worker_niceness)
+    worker = GpuWorker(settings.models)
     await worker.start()
+    await lower_worker_priority(worker, settings.worker_niceness)  # as `python -m bot` does
     bot = ImagineBot(settings, conn, worker)
     monitor = LagMonitor()
     results: dict[str, Any] = {}

@@ -8,15 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
+from typing import TYPE_CHECKING
 
 import discord
 
 import db
 from bot.settings import Settings, SettingsError, configure_logging, load_settings
 
+if TYPE_CHECKING:
+    from generation.worker import GpuWorker
+
 log = logging.getLogger("bot")
+
+
+def _renice_current_thread(_store: object, niceness: int) -> bool:
+    """Runs on the worker's thread: lower that thread's CPU priority (Linux: threads are
+    scheduled one by one, so this leaves the event loop's thread as it is)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+async def lower_worker_priority(worker: GpuWorker, niceness: int) -> None:
+    """Let the event loop win the CPU over the painting thread (answers within Discord's 3 s,
+    heartbeats on time) when both compete for a busy CPU."""
+    if niceness > 0 and not await worker.call(_renice_current_thread, niceness):
+        log.info("could not lower the worker thread's priority on this system")
 
 
 async def run(settings: Settings) -> int:
@@ -26,10 +49,11 @@ async def run(settings: Settings) -> int:
 
     point_discord_at(settings)
     conn = await db.connect(settings.db_path)
-    worker = GpuWorker(settings.models, device=settings.device, niceness=settings.worker_niceness)
+    worker = GpuWorker(settings.models, device=settings.device)
     try:
         log.info("loading models (%s)", settings.models or "built-in defaults")
         await worker.start()
+        await lower_worker_priority(worker, settings.worker_niceness)
         log.info("models loaded on %s", settings.device or "the default device")
         bot = ImagineBot(settings, conn, worker)
         loop = asyncio.get_running_loop()

@@ -126,12 +126,8 @@ class GpuWorker:
         device: str | None = None,
         store_factory: Callable[[str | None, str | None], Any] | None = None,
         generate: Callable[..., Any] | None = None,
-        niceness: int = 0,
     ) -> None:
-        """``niceness`` (0-19, Linux) lowers the device thread's CPU priority, so that on a busy
-        CPU the event loop (replies, heartbeats) wins over the painting."""
         self._models_spec = models_spec
-        self._niceness = niceness
         self._device = device
         self._store_factory = store_factory or _default_store_factory
         self._generate = generate
@@ -296,7 +292,6 @@ class GpuWorker:
 
     def _thread_main(self, ready: asyncio.Future[None]) -> None:
         try:
-            self._lower_priority()
             self._configure_threads()
             self.store = self._store_factory(self._models_spec, self._device)
             warm = getattr(self.store, "perceptor", None)
@@ -316,17 +311,6 @@ class GpuWorker:
                 continue
             self._run_job(job)
         self._run_calls()
-
-    def _lower_priority(self) -> None:
-        """Renice this thread before torch starts its CPU thread pool: threads inherit the
-        niceness of the thread that creates them, so the pool runs at the lower priority too.
-        Linux schedules threads one by one, so the event loop's thread keeps its priority."""
-        if self._niceness <= 0:
-            return
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
-        except (AttributeError, OSError):
-            log.info("could not lower the worker thread's priority on this system")
 
     def _configure_threads(self) -> None:
         """On a CPU, leave one core to the event loop so heartbeats and replies stay prompt."""

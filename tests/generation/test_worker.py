@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import threading
 
 import pytest
@@ -204,34 +203,3 @@ async def test_tiny_models_through_the_real_engine():
     assert abs(sum(x * x for x in embeddings[0]) - 1.0) < 1e-4
     assert embeddings[0] != embeddings[1]
     assert "tiny" in facts["preset"] and facts["device"] == "cpu"
-
-
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread niceness is Linux-only")
-async def test_the_device_thread_runs_at_the_requested_lower_priority():
-    seen: dict[str, int] = {}
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    if base >= 5:
-        pytest.skip("the test process already runs at niceness 5 or lower priority")
-
-    def store_factory(spec, device):
-        # Runs on the device thread before any model loads; a thread started here (as torch
-        # starts its CPU pool) inherits the niceness.
-        seen["device"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        child = threading.Thread(
-            target=lambda: seen.setdefault(
-                "child", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-            )
-        )
-        child.start()
-        child.join()
-        return FakeStore()
-
-    worker = GpuWorker(
-        "fake", store_factory=store_factory, generate=SteppingGenerator(), niceness=5
-    )
-    await worker.start()
-    await worker.close()
-    loop_thread = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert seen["device"] == 5  # setpriority sets the absolute niceness
-    assert seen["child"] == seen["device"]
-    assert loop_thread == base
