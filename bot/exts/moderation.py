@@ -12,7 +12,6 @@ No ``from __future__ import annotations``: discord.py reads the command signatur
 as real objects.
 """
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ from bot.moderation.permissions import (
 )
 from bot.moderation.policy import ConceptEmbedder, ConceptPolicy, EmbeddingUnavailable
 from bot.moderation.terms import BlockedTerm as MatchTerm
-from bot.moderation.terms import compile_terms
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -229,13 +227,6 @@ class ModerationCog(commands.Cog):
         embed = discord.Embed(title=title, description=description, color=render.COLOR_QUEUED)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    async def _warm_term_matcher(self, guild_id: int) -> None:
-        """Compile the guild's new term list off the event loop, so the next /imagine finds
-        it ready (the admission policy matches on the loop; compiling a list takes a while)."""
-        rows = await db.list_blocked_terms(self.conn, guild_id)
-        terms = [MatchTerm(row.normalized, row.match_mode) for row in rows]  # type: ignore[arg-type]
-        await asyncio.to_thread(compile_terms, terms)
-
     # ---- /block ------------------------------------------------------------------------------
 
     @block.command(name="add", description="Refuse prompts that contain a word or phrase")
@@ -274,7 +265,6 @@ class ModerationCog(commands.Cog):
             f"Blocked {code(term)} ({how}). Prompts containing it are refused privately and "
             "logged in /modlog.",
         )
-        await self._warm_term_matcher(interaction.guild_id)
 
     @block.command(name="remove", description="Stop refusing a blocked word or phrase")
     @app_commands.describe(term="The blocked word or phrase, as listed by /block list")
@@ -294,7 +284,6 @@ class ModerationCog(commands.Cog):
             await self._reply(interaction, f"{code(term)} is not blocked here; see /block list.")
             return
         await self._reply(interaction, f"Unblocked {code(removed.term)}.")
-        await self._warm_term_matcher(interaction.guild_id)
 
     @block.command(name="list", description="The blocked words, phrases and concepts here")
     async def block_list(self, interaction: discord.Interaction) -> None:
