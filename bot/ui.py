@@ -8,14 +8,11 @@ restart without any view being stored in memory.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import discord
 
 from bot.render import BUTTONS_CANCEL, BUTTONS_DONE, BUTTONS_NONE
-
-if TYPE_CHECKING:
-    from bot.client import ImagineBot
 
 ACTIONS = ("reroll", "variation", "cancel")
 CUSTOM_ID = re.compile(r"job:(?P<job_id>[0-9]{1,20}):(?P<action>reroll|variation|cancel)")
@@ -41,6 +38,14 @@ class ButtonHandler(Protocol):
     ) -> None: ...
 
 
+class ButtonHost(Protocol):
+    """What a button needs of the client it arrives on (``bot.client.ImagineBot``): its job
+    service. A protocol, so this module does not import the client, which imports it."""
+
+    @property
+    def jobs(self) -> ButtonHandler: ...
+
+
 class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID):
     def __init__(self, job_id: int, action: str) -> None:
         label, style, emoji = _LOOKS[action]
@@ -61,8 +66,9 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_
     ) -> JobButton:
         return cls(int(match["job_id"]), match["action"])
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.on_button(interaction, self.job_id, self.action)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        host: ButtonHost = interaction.client
+        await host.jobs.on_button(interaction, self.job_id, self.action)
 
 
 def job_view(job_id: int | None, buttons: str) -> discord.ui.View | None:

@@ -18,8 +18,8 @@ from importlib import resources
 
 import aiosqlite
 
-from db.connection import transaction
 from db.errors import SchemaError
+from db.transaction import transaction
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
