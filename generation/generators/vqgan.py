@@ -208,24 +208,8 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     generator = torch_generator(request.seed, device)
     codebook = model.codebook  # [N, D]
     height, width = request.height // model.factor, request.width // model.factor
-    decoder_autocast = (
-        store.autocast() if store.config.cuda.decoder_autocast else contextlib.nullcontext()
-    )
-    cudnn = torch.backends.cudnn.flags(
-        enabled=store.vqgan_cudnn_enabled(),
-        benchmark=store.config.cuda.cudnn_benchmark,
-        deterministic=False,
-        allow_tf32=True,
-    )
 
-    def synth(latents: torch.Tensor) -> torch.Tensor:
-        """latents [1, D, h, w] -> image [1, 3, H, W] in [0, 1]."""
-        snapped = quantize(latents, codebook)  # fp32: low precision could pick other codes
-        with decoder_autocast:
-            decoded = model.decode(snapped).float()
-        return clamp_with_grad((decoded + 1) / 2)
-
-    with cudnn:
+    with cudnn_flags(store):
         # 1. Text, image and noise prompts are embedded once, for every CLIP model.
         guide = ClipGuide.from_request(request, perceptor, generator)
 
@@ -241,20 +225,79 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
                 codebook.shape[0], (height * width,), generator=generator, device=device
             )
             latents = codebook[codes].T.reshape(1, -1, height, width)  # [1, D, h, w]
-        latents = latents.detach().clone().requires_grad_(True)
-        # Latents stay inside the range the codebook spans; beyond it the decoder has never
-        # seen anything and the image breaks up.
-        low = codebook.min(dim=0).values.view(1, -1, 1, 1)
-        high = codebook.max(dim=0).values.view(1, -1, 1, 1)
-        optimizer = make_optimizer(
-            request.optimizer, [latents], request.learning_rate or DEFAULT_LR
-        )
 
-        started = time.perf_counter()
-        # Kept as a tensor: reading a float every step would make the CPU wait for the GPU
-        # instead of queueing the next step's work.
-        last_loss = torch.tensor(float("nan"), device=device)
-        for step in range(request.steps):
+    # 3.-7. The loop: decode, score with CLIP, step the latents (clipgen's refinement runs
+    # the same loop from its best candidate).
+    started = time.perf_counter()
+    final, last_loss = optimise(
+        request, store, control, model, guide, latents, steps=request.steps, started=started
+    )
+    score = guide.similarity(final)
+    return GenerationResult(
+        image=tensor_to_pil(final),
+        request=request,
+        steps_done=request.steps,
+        elapsed=time.perf_counter() - started,
+        loss=float(last_loss),
+        clip_score=score,
+        metadata={"vqgan": model.name},
+    )
+
+
+def cudnn_flags(store: ModelStore) -> contextlib.AbstractContextManager[Any]:
+    """cuDNN as the models TOML's [cuda] asks for the VQGAN's convolutions."""
+    return torch.backends.cudnn.flags(
+        enabled=store.vqgan_cudnn_enabled(),
+        benchmark=store.config.cuda.cudnn_benchmark,
+        deterministic=False,
+        allow_tf32=True,
+    )
+
+
+def optimise(
+    request: GenerationRequest,
+    store: ModelStore,
+    control: RunControl,
+    model: VQGAN,
+    guide: ClipGuide,
+    latents: torch.Tensor,
+    *,
+    steps: int,
+    first_step: int = 0,
+    total: int | None = None,
+    started: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VQGAN+CLIP loop from ``latents`` [1, D, h, w] for ``steps`` steps. Returns the final
+    image [1, 3, H, W] in [0, 1] and the last loss (a 0-d tensor).
+
+    Progress and cancellation count from ``first_step`` out of ``total`` (default ``steps``),
+    so a caller that did other work first (clipgen's sampling) continues its own count."""
+    codebook = model.codebook  # [N, D]
+    started = time.perf_counter() if started is None else started
+    total = first_step + steps if total is None else total
+    decoder_autocast = (
+        store.autocast() if store.config.cuda.decoder_autocast else contextlib.nullcontext()
+    )
+
+    def synth(latents: torch.Tensor) -> torch.Tensor:
+        """latents [1, D, h, w] -> image [1, 3, H, W] in [0, 1]."""
+        snapped = quantize(latents, codebook)  # fp32: low precision could pick other codes
+        with decoder_autocast:
+            decoded = model.decode(snapped).float()
+        return clamp_with_grad((decoded + 1) / 2)
+
+    latents = latents.detach().clone().requires_grad_(True)
+    # Latents stay inside the range the codebook spans; beyond it the decoder has never
+    # seen anything and the image breaks up.
+    low = codebook.min(dim=0).values.view(1, -1, 1, 1)
+    high = codebook.max(dim=0).values.view(1, -1, 1, 1)
+    optimizer = make_optimizer(request.optimizer, [latents], request.learning_rate or DEFAULT_LR)
+
+    # Kept as a tensor: reading a float every step would make the CPU wait for the GPU
+    # instead of queueing the next step's work.
+    last_loss = torch.tensor(float("nan"), device=store.device)
+    with cudnn_flags(store):
+        for step in range(first_step, first_step + steps):
             # 3. Stop here if the caller cancelled (within one step of the request).
             control.check(step)
             # 4. Decode the current latents and score the image with CLIP.
@@ -268,18 +311,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
                 latents.copy_(latents.clamp(low, high))
             last_loss = loss.detach()
             # 6. Progress with the image this step scored: no extra decode.
-            report(control, request, step + 1, last_loss, image.detach(), started)
+            report(control, request, step + 1, last_loss, image.detach(), started, total=total)
 
         # 7. The final image, from the latents after the last step.
         with torch.no_grad():
             final = synth(latents)
-            score = guide.similarity(final)
-    return GenerationResult(
-        image=tensor_to_pil(final),
-        request=request,
-        steps_done=request.steps,
-        elapsed=time.perf_counter() - started,
-        loss=float(last_loss),
-        clip_score=score,
-        metadata={"vqgan": model.name},
-    )
+    return final, last_loss
