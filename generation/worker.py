@@ -6,7 +6,18 @@ bridge aiosqlite uses for sqlite3), so a coroutine never waits on torch and the 
 
 Jobs run one at a time in submission order. Short calls (text embeddings for moderation, CLIP
 scores) must not wait minutes behind a running job, so the running generator services them
-between two of its steps through ``RunControl.between_steps``.
+between two of its steps through ``RunControl.between_steps``: at most ``calls_per_step`` of
+them between two steps (a flood of /rank must not stall the picture), and at most
+``max_waiting_calls`` waiting (beyond that a call fails at once with WorkerBusy).
+
+Per-job time limit (``job_timeout``): when a job runs past it, its handle fails at once with
+JobTimedOut and the job is asked to stop. A job that still has not stopped ``hang_grace``
+seconds later is stuck inside a step (a download that never ends, a kernel that never returns).
+A Python thread cannot be killed, so the stuck thread is abandoned: it is left to finish or
+hang on its own (it no longer takes jobs or short calls), and a fresh device thread takes over
+with the same loaded models, so the next job runs at once. A stuck CUDA kernel would block the
+new thread too; for that, run the workers on Ray, where a hung actor's process is killed and
+restarted.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import Any, TypeVar
 
 from generation.errors import GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, Progress, RunControl
+from generation.workers import CallGate, JobTimedOut, WorkersStatus, timeout_message
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +98,7 @@ class _Job:
     handle: JobHandle
     request: GenerationRequest
     on_progress: Callable[[ProgressFrame], None] | None
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -126,17 +139,32 @@ class GpuWorker:
         device: str | None = None,
         store_factory: Callable[[str | None, str | None], Any] | None = None,
         generate: Callable[..., Any] | None = None,
+        job_timeout: float | None = None,
+        hang_grace: float = 10.0,
+        max_waiting_calls: int = 32,
+        calls_per_step: int = 4,
     ) -> None:
+        if job_timeout is not None and job_timeout <= 0:
+            raise ValueError(f"job_timeout must be above 0 or None, not {job_timeout}")
+        if calls_per_step < 1:
+            raise ValueError(f"calls_per_step must be 1 or more, not {calls_per_step}")
         self._models_spec = models_spec
         self._device = device
         self._store_factory = store_factory or _default_store_factory
         self._generate = generate
+        self.job_timeout = job_timeout
+        self._hang_grace = hang_grace
+        self._gate = CallGate(max_waiting_calls)
+        self._calls_per_step = calls_per_step
         self.store: Any = None
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Bumped when a stuck thread is abandoned; a thread whose number is stale stops.
+        self._generation = 0
+        self.threads_replaced = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: _Job | None = None
         self._next_id = 0
@@ -150,7 +178,7 @@ class GpuWorker:
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="gpu-worker", daemon=True
+            target=self._thread_main, args=(ready, self._generation), name="gpu-worker", daemon=True
         )
         self._thread.start()
         try:
@@ -191,10 +219,17 @@ class GpuWorker:
         """Run ``fn(store, *args)`` on the device thread, between steps of a running job.
 
         The call is queued at once (not when the returned future is first awaited), so calls
-        run in the order they were made.
+        run in the order they were made. With ``max_waiting_calls`` already waiting, the future
+        fails at once with WorkerBusy.
         """
         loop = self._require_started()
         future: asyncio.Future[T] = loop.create_future()
+        try:
+            self._gate.enter()
+        except GenerationError as busy:
+            future.set_exception(busy)
+            return future
+        future.add_done_callback(self._gate.leave)
         self._calls.put(_Call(fn, args, future))
         self._wake.set()
         return future
@@ -214,6 +249,15 @@ class GpuWorker:
     @property
     def busy(self) -> bool:
         return self._current is not None
+
+    @property
+    def capacity(self) -> int:
+        """Jobs this worker runs at once."""
+        return 1
+
+    def status(self) -> WorkersStatus:
+        up = int(self._thread is not None and self.store is not None)
+        return WorkersStatus(kind="local", total=1, up=up, busy=int(self.busy))
 
     def generator_names(self) -> tuple[str, ...]:
         from generation.generators import generator_names
@@ -290,18 +334,19 @@ class GpuWorker:
 
     # ---- device thread ------------------------------------------------------------------------
 
-    def _thread_main(self, ready: asyncio.Future[None]) -> None:
-        try:
-            self._configure_threads()
-            self.store = self._store_factory(self._models_spec, self._device)
-            warm = getattr(self.store, "perceptor", None)
-            if callable(warm):
-                warm()  # load CLIP now, so the first job and moderation checks don't wait for it
-        except BaseException as error:  # noqa: BLE001 - handed to the awaiting start()
-            self._resolve(ready, error=error)
-            return
-        self._resolve(ready, None)
-        while not self._stopping.is_set():
+    def _thread_main(self, ready: asyncio.Future[None] | None, generation: int) -> None:
+        if ready is not None:  # the first thread loads the models; a replacement reuses them
+            try:
+                self._configure_threads()
+                self.store = self._store_factory(self._models_spec, self._device)
+                warm = getattr(self.store, "perceptor", None)
+                if callable(warm):
+                    warm()  # load CLIP now, so the first job and moderation checks don't wait
+            except BaseException as error:  # noqa: BLE001 - handed to the awaiting start()
+                self._resolve(ready, error=error)
+                return
+            self._resolve(ready, None)
+        while not self._stopping.is_set() and generation == self._generation:
             self._run_calls()
             try:
                 job = self._jobs.get_nowait()
@@ -310,7 +355,8 @@ class GpuWorker:
                 self._wake.clear()
                 continue
             self._run_job(job)
-        self._run_calls()
+        if generation == self._generation:
+            self._run_calls()
 
     def _configure_threads(self) -> None:
         """On a CPU, leave one core to the event loop so heartbeats and replies stay prompt."""
@@ -320,12 +366,15 @@ class GpuWorker:
             cores = os.cpu_count() or 1
             torch.set_num_threads(max(1, cores - 1))
 
-    def _run_calls(self) -> None:
-        while True:
+    def _run_calls(self, limit: int | None = None) -> None:
+        """Run waiting short calls: all of them, or at most ``limit`` (between two steps)."""
+        done = 0
+        while limit is None or done < limit:
             try:
                 call = self._calls.get_nowait()
             except queue.Empty:
                 return
+            done += 1
             try:
                 result = call.fn(self.store, *call.args)
             except BaseException as error:  # noqa: BLE001 - delivered to the caller
@@ -339,10 +388,11 @@ class GpuWorker:
             self._resolve(handle._future, error=GenerationCancelled(0))
             return
         self._current = job
+        self._call_on_loop(lambda: self._start_timer(job))
         control = RunControl(
             cancel=handle._cancel,
             on_progress=lambda progress: self._on_progress(job, progress),
-            between_steps=self._run_calls,
+            between_steps=lambda: self._between_steps(job),
         )
         try:
             result = self._generate_fn()(job.request, self.store, control)
@@ -368,7 +418,64 @@ class GpuWorker:
         else:
             self._resolve(handle._future, finished)
         finally:
-            self._current = None
+            if self._current is job:  # an abandoned thread must not clear its successor's job
+                self._current = None
+
+    def _between_steps(self, job: _Job) -> None:
+        # A job asked to stop (cancelled, timed out, abandoned) runs no more calls: its thread
+        # may be one that was replaced, and the calls belong to the live thread now.
+        if not job.handle.cancel_requested:
+            self._run_calls(self._calls_per_step)
+
+    # ---- per-job time limit (event loop side) -------------------------------------------------
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn)
+        except RuntimeError:
+            log.debug("event loop closed")
+
+    def _start_timer(self, job: _Job) -> None:
+        future = job.handle._future
+        if self.job_timeout is None or future.done():
+            return
+        assert self._loop is not None
+        job.timer = self._loop.call_later(self.job_timeout, self._time_out, job)
+        future.add_done_callback(lambda _f: job.timer.cancel() if job.timer else None)
+
+    def _time_out(self, job: _Job) -> None:
+        future = job.handle._future
+        if future.done():
+            return
+        assert self.job_timeout is not None and self._loop is not None
+        log.warning(
+            "job %s ran past the %g s time limit; stopping it", job.handle.job_id, self.job_timeout
+        )
+        future.set_exception(JobTimedOut(timeout_message(self.job_timeout)))
+        job.handle.cancel()
+        self._loop.call_later(self._hang_grace, self._replace_if_stuck, job)
+
+    def _replace_if_stuck(self, job: _Job) -> None:
+        """The timed-out job ignored its cancel for ``hang_grace`` seconds: abandon its thread
+        and let a fresh one (same models) take the next job."""
+        if self._current is not job or self._stopping.is_set():
+            return
+        log.error(
+            "job %s is stuck inside a step; abandoning its thread and starting a new one",
+            job.handle.job_id,
+        )
+        self._generation += 1
+        self._current = None
+        self.threads_replaced += 1
+        self._thread = threading.Thread(
+            target=self._thread_main,
+            args=(None, self._generation),
+            name=f"gpu-worker-{self._generation}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._wake.set()
 
     def _on_progress(self, job: _Job, progress: Progress) -> None:
         frame = ProgressFrame(

@@ -12,6 +12,7 @@ from PIL import Image
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, GenerationResult, Progress
 from generation.worker import GpuWorker, ProgressFrame
+from generation.workers import JobTimedOut, WorkerBusy
 
 TIMEOUT = 10
 
@@ -203,3 +204,124 @@ async def test_tiny_models_through_the_real_engine():
     assert abs(sum(x * x for x in embeddings[0]) - 1.0) < 1e-4
     assert embeddings[0] != embeddings[1]
     assert "tiny" in facts["preset"] and facts["device"] == "cpu"
+
+
+# ---- per-job time limit (issue 11.9) ------------------------------------------------------------
+
+
+class HangingGenerator(SteppingGenerator):
+    """``prompt == "hang"``: blocks inside a step and ignores cancel (a download that never
+    ends), until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hanging = threading.Event()
+        self.let_go = threading.Event()
+
+    def __call__(self, request, store, control):
+        if request.prompt == "hang":
+            self.hanging.set()
+            self.let_go.wait(TIMEOUT * 3)
+        return super().__call__(request, store, control)
+
+
+async def test_a_hung_job_fails_with_the_time_limit_and_the_next_job_runs():
+    generator = HangingGenerator()
+    worker = GpuWorker(
+        "fake",
+        store_factory=lambda spec, device: FakeStore(),
+        generate=generator,
+        job_timeout=0.5,
+        hang_grace=0.2,
+    )
+    await worker.start()
+    try:
+        hung = worker.submit(GenerationRequest("hang", steps=2, width=32, height=32))
+        after = worker.submit(GenerationRequest("after", steps=3, width=32, height=32))
+        with pytest.raises(JobTimedOut, match="time limit"):
+            await asyncio.wait_for(hung.wait(), TIMEOUT)
+        # The next job runs although the hung thread never came back.
+        finished = await asyncio.wait_for(after.wait(), TIMEOUT)
+        assert finished.steps_done == 3
+        assert generator.hanging.is_set() and not generator.let_go.is_set()
+        assert worker.threads_replaced == 1
+        # Short calls are served by the new thread too.
+        assert await asyncio.wait_for(worker.call(lambda store: "pong"), TIMEOUT) == "pong"
+    finally:
+        generator.let_go.set()
+        await worker.close()
+
+
+async def test_a_slow_job_past_the_limit_is_cancelled_without_replacing_the_thread():
+    generator = SteppingGenerator(hold_at=1)
+    worker = GpuWorker(
+        "fake",
+        store_factory=lambda spec, device: FakeStore(),
+        generate=generator,
+        job_timeout=0.3,
+        hang_grace=5.0,
+    )
+    await worker.start()
+    try:
+        slow = worker.submit(GenerationRequest("slow", steps=50, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        with pytest.raises(JobTimedOut):
+            await asyncio.wait_for(slow.wait(), TIMEOUT)
+        generator.release.set()  # the step ends; the job sees its cancel at the next one
+        fine = worker.submit(GenerationRequest("fine", steps=2, width=32, height=32))
+        assert (await asyncio.wait_for(fine.wait(), TIMEOUT)).steps_done == 2
+    finally:
+        await worker.close()
+    assert worker.threads_replaced == 0
+    assert len(generator.steps_run) == 2 + 2  # steps 0 and 1 of the slow job, then the fine one
+
+
+# ---- bounded short calls (issue 11.12) ----------------------------------------------------------
+
+
+async def test_short_calls_beyond_the_bound_are_refused_at_once():
+    generator = SteppingGenerator(hold_at=0)
+    worker = GpuWorker(
+        "fake",
+        store_factory=lambda spec, device: FakeStore(),
+        generate=generator,
+        max_waiting_calls=3,
+    )
+    await worker.start()
+    try:
+        job = worker.submit(GenerationRequest("a fox", steps=2, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        waiting = [worker.call(lambda store, i: i, i) for i in range(3)]
+        with pytest.raises(WorkerBusy, match="try again"):
+            await worker.call(lambda store: "one too many")
+        generator.release.set()
+        assert await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT) == [0, 1, 2]
+        # Room again once the waiting calls were served.
+        assert await asyncio.wait_for(worker.call(lambda store: "again"), TIMEOUT) == "again"
+        await asyncio.wait_for(job.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+
+
+async def test_at_most_calls_per_step_run_between_two_steps():
+    generator = SteppingGenerator(hold_at=1)
+    worker = GpuWorker(
+        "fake",
+        store_factory=lambda spec, device: FakeStore(),
+        generate=generator,
+        calls_per_step=2,
+    )
+    await worker.start()
+    try:
+        job = worker.submit(GenerationRequest("a fox", steps=40, width=32, height=32))
+        assert await asyncio.to_thread(generator.reached_hold.wait, TIMEOUT)
+        calls = [worker.call(lambda store: len(generator.steps_run)) for _ in range(7)]
+        generator.release.set()
+        seen_at = await asyncio.wait_for(asyncio.gather(*calls), TIMEOUT)
+        await asyncio.wait_for(job.wait(), TIMEOUT)
+    finally:
+        await worker.close()
+    # Two calls between two steps at most: seven calls span four steps, in order.
+    assert max(seen_at.count(step) for step in set(seen_at)) == 2
+    assert len(set(seen_at)) == 4
+    assert seen_at == sorted(seen_at)
