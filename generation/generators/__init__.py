@@ -23,6 +23,7 @@ GENERATORS: dict[str, str] = {
     "pixels": "generation.generators.pixels",
     "fourier": "generation.generators.fourier",
     "siren": "generation.generators.siren",
+    "clipgen": "generation.generators.clipgen",
 }
 
 
