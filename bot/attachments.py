@@ -4,9 +4,12 @@ A file from a user is checked in order, stopping at the first problem with a mes
 what to do:
 
 1. the size Discord declares and the content type it reports (before downloading anything);
-2. the download itself, streamed and cut off as soon as it passes the size limit;
-3. the first bytes: they must be a PNG, JPEG, WebP or GIF signature, whatever the name says;
-4. decoding with Pillow in a worker thread: the pixel count is checked from the header before
+2. the address: only Discord's CDN over https (``DISCORD_CDN_ORIGINS``), and no redirect
+   anywhere (a redirect is refused, not followed), so a user cannot make the bot fetch from
+   another server;
+3. the download itself, streamed and cut off as soon as it passes the size limit;
+4. the first bytes: they must be a PNG, JPEG, WebP or GIF signature, whatever the name says;
+5. decoding with Pillow in a worker thread: the pixel count is checked from the header before
    any pixel is decoded (a decompression bomb is a small file that claims a huge image), then
    the image is fully decoded so a truncated or corrupt file is caught now, not in the GPU job.
 
@@ -25,7 +28,11 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+import yarl
 from PIL import Image, UnidentifiedImageError
+
+# Where Discord serves attachments. Only these are downloaded from (over https).
+DISCORD_CDN_ORIGINS = ("https://cdn.discordapp.com", "https://media.discordapp.net")
 
 ALLOWED_CONTENT_TYPES = {
     "image/png": "png",
@@ -80,6 +87,29 @@ def check_declared(attachment: AttachmentLike, *, max_bytes: int, what: str) -> 
         )
 
 
+def check_origin(origin: str) -> str:
+    """``origin`` as "scheme://host[:port]" (lower case); ValueError when it is not one."""
+    url = yarl.URL(origin.strip().rstrip("/"))
+    if url.scheme not in ("https", "http") or not url.host or url.path not in ("", "/"):
+        raise ValueError(
+            f"{origin!r} is not an origin like https://cdn.discordapp.com (scheme and host, "
+            "no path)"
+        )
+    return str(url.origin()).lower()
+
+
+def allowed_url(url: str, origins: tuple[str, ...]) -> bool:
+    """True when ``url`` lies on one of ``origins`` (scheme, host and port all equal)."""
+    try:
+        parsed = yarl.URL(url)
+        if not parsed.is_absolute() or parsed.host is None:
+            return False
+        origin = str(parsed.origin()).lower()
+    except ValueError:
+        return False
+    return origin in {check_origin(o) for o in origins}
+
+
 def sniff_format(data: bytes) -> str | None:
     """The image format from the file's first bytes (its signature), or None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -94,14 +124,31 @@ def sniff_format(data: bytes) -> str | None:
 
 
 async def download(
-    session: aiohttp.ClientSession, url: str, *, max_bytes: int, what: str, time_limit: float = 30.0
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    what: str,
+    time_limit: float = 30.0,
+    origins: tuple[str, ...] = DISCORD_CDN_ORIGINS,
 ) -> bytes:
-    """Stream ``url`` into memory, refusing as soon as more than ``max_bytes`` arrive."""
-    if not url.startswith(("https://", "http://")):
-        raise AttachmentError(f"The {what} has no downloadable address.")
+    """Stream ``url`` into memory, refusing as soon as more than ``max_bytes`` arrive. Only
+    ``origins`` are fetched from, and redirects are not followed."""
+    if not allowed_url(url, origins):
+        raise AttachmentError(
+            f"The {what} is not a file uploaded to Discord. Attach the image to the command."
+        )
     too_big = AttachmentError(f"The {what} is larger than {_mib(max_bytes)}. Send a smaller image.")
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=time_limit)) as response:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=time_limit), allow_redirects=False
+        ) as response:
+            if 300 <= response.status < 400:
+                # Discord's CDN answers attachments directly; a redirect would lead elsewhere.
+                raise AttachmentError(
+                    f"The {what} could not be downloaded from Discord (it redirected "
+                    "elsewhere). Try uploading it again."
+                )
             if response.status != 200:
                 raise AttachmentError(
                     f"The {what} could not be downloaded (HTTP {response.status}). "
@@ -175,10 +222,11 @@ async def fetch_image(
     max_bytes: int,
     max_pixels: int,
     what: str = "image",
+    origins: tuple[str, ...] = DISCORD_CDN_ORIGINS,
 ) -> CheckedImage:
     """Check, download, decode and save one attachment; raises AttachmentError."""
     check_declared(attachment, max_bytes=max_bytes, what=what)
-    data = await download(session, attachment.url, max_bytes=max_bytes, what=what)
+    data = await download(session, attachment.url, max_bytes=max_bytes, what=what, origins=origins)
     fmt, width, height = await asyncio.to_thread(
         decode_check, data, max_pixels=max_pixels, what=what
     )

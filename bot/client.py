@@ -21,6 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.admission import Admission, BlockedTermsPolicy, PolicyChain
+from bot.delivery import Delivery
 from bot.jobs import JobService
 from bot.progress import ReplyManager
 from bot.replies import JobReplySink
@@ -73,7 +74,9 @@ class ImagineBot(commands.Bot):
             channel_limit=settings.channel_edit_limit,
             channel_window=settings.channel_edit_window,
             started_at=self.started_at,
+            final_attempts=settings.final_edit_attempts,
         )
+        self.delivery = Delivery(conn, self.replies, retry_after=settings.redeliver_after)
         self.policy = PolicyChain([BlockedTermsPolicy(conn)])
         self.admission = Admission(
             conn,
@@ -88,6 +91,7 @@ class ImagineBot(commands.Bot):
             output_dir=settings.output_dir,
             progress_every=settings.progress_every,
             max_attempts=settings.max_attempts,
+            delivery=self.delivery,
         )
         self.jobs = JobService(conn, settings, self.admission, self.scheduler, self.replies)
         self.downloads: aiohttp.ClientSession | None = None
@@ -103,6 +107,7 @@ class ImagineBot(commands.Bot):
                 await self.load_extension(name)
         await self.sync_commands()
         await self.scheduler.start()
+        await self.delivery.resume()
 
     async def sync_commands(self) -> None:
         if self.settings.guild_ids:
@@ -116,6 +121,7 @@ class ImagineBot(commands.Bot):
 
     async def close(self) -> None:
         await self.scheduler.close()
+        await self.delivery.close()
         await self.replies.close()
         if self.downloads is not None:
             await self.downloads.close()

@@ -261,8 +261,32 @@ def cancelled(job: Job, by: int | None) -> Rendered:
     )
 
 
-def withheld(job: Job) -> Rendered:
-    """The finished image matched a blocked concept and the guild withholds such images."""
+def withheld(job: Job, *, unchecked: bool = False) -> Rendered:
+    """The finished image matched a blocked concept and the guild withholds such images, or
+    (``unchecked``) the guild's image check is on but could not run, so it was not shown."""
+    embed = EmbedSpec(
+        title=_title(job),
+        description=safe_prompt(job.prompt),
+        fields=_parameters(job),
+        color=COLOR_CANCELLED,
+    )
+    if unchecked:
+        content = (
+            f"<@{job.user_id}> the picture was withheld: this server checks pictures before "
+            "showing them, and the check could not run. Try again in a while."
+        )
+    else:
+        content = f"<@{job.user_id}> the picture was withheld by this server's image check."
+    return Rendered(content=content, embed=embed, buttons=BUTTONS_NONE, job_id=job.id)
+
+
+EXPIRED_NOTE = (
+    "This picture has expired: the bot keeps pictures for a limited time and its file was deleted."
+)
+
+
+def expired(job: Job) -> Rendered:
+    """A finished picture whose file is gone (the retention policy deleted it)."""
     embed = EmbedSpec(
         title=_title(job),
         description=safe_prompt(job.prompt),
@@ -270,10 +294,7 @@ def withheld(job: Job) -> Rendered:
         color=COLOR_CANCELLED,
     )
     return Rendered(
-        content=f"<@{job.user_id}> the picture was withheld by this server's image check.",
-        embed=embed,
-        buttons=BUTTONS_NONE,
-        job_id=job.id,
+        content=f"<@{job.user_id}> {EXPIRED_NOTE}", embed=embed, buttons=BUTTONS_NONE, job_id=job.id
     )
 
 

@@ -5,10 +5,12 @@ free, so the fair order (round-robin across users, decided by ``db.take_next_job
 moment it matters. Finishing a job (saving the PNG, the final edit, the status in the database)
 happens in a background task, so a slow Discord never keeps the GPU idle.
 
-Crash safety: a job row stays ``running`` until its final edit has been sent. A kill -9 at any
-point before that leaves it ``running``; on the next start ``db.requeue_interrupted`` puts it
-back on the queue and it runs again (same seed, same image). A graceful shutdown leaves the
-running job ``running`` for the same reason.
+Crash safety: a job row stays ``running`` until its picture is saved; it then becomes ``done``
+with delivery ``pending`` before the final edit is sent (so the buttons of a picture on screen
+always find a finished job), and ``bot.delivery`` tracks the edit until it lands, retrying in
+the background and at the next start. A kill -9 while painting leaves the row ``running``; on
+the next start ``db.requeue_interrupted`` puts it back on the queue and it runs again (same
+seed, same image). A graceful shutdown leaves the running job ``running`` for the same reason.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import aiosqlite
 import db
 from bot import render
 from bot.admission import request_from_spec
+from bot.delivery import UNCHECKED, Delivery, render_result
 from bot.progress import ReplyManager
 from db import Job
 from generation.errors import GenerationCancelled, GenerationError
@@ -82,6 +85,7 @@ class Scheduler:
         output_dir: Path,
         progress_every: int = 10,
         max_attempts: int = 3,
+        delivery: Delivery | None = None,
     ) -> None:
         self._conn = conn
         self._worker = worker
@@ -90,6 +94,8 @@ class Scheduler:
         self._progress_every = progress_every
         self._max_attempts = max_attempts
         self.image_check: ImageCheck | None = None
+        # Sends final pictures and retries the undelivered (the bot passes its configured one).
+        self.delivery = delivery if delivery is not None else Delivery(conn, replies)
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -250,15 +256,18 @@ class Scheduler:
             path = output_path(self._output_dir, job)
             await asyncio.to_thread(_write_file, path, finished.png)
             verdict = await self._check_image(job, finished.png)
-            if verdict == WITHHOLD:
-                rendered = render.withheld(job)
-            else:
-                rendered = render.done(job, finished, spoiler=verdict == SPOILER)
-            # The row becomes 'done' only after the final edit was sent: a crash in between
-            # runs the job again rather than losing the picture.
-            await self._replies.finish(job, rendered)
-            if await db.mark_done(self._conn, job.id, str(path), finished.clip_score) is None:
+            # 'done' before the final edit is sent (delivery 'pending'): a button pressed the
+            # moment the picture appears finds a finished job; a crash before the edit lands
+            # is delivered at the next start (bot.delivery).
+            ready = await db.mark_picture_ready(
+                self._conn, job.id, str(path), finished.clip_score, verdict=verdict
+            )
+            if ready is None:
+                # Cancelled at the last moment: the canceller shows "cancelled".
                 log.info("job %s was no longer running when it finished", job.id)
+                self._notify(job.id, "cancelled")
+                return
+            await self.delivery.deliver(ready, render_result(ready, finished, verdict))
             self._notify(job.id, "done")
         except Exception:
             log.exception("could not finish job %s", job.id)
@@ -288,6 +297,7 @@ class Scheduler:
         try:
             return await self.image_check.check_image(job, png)
         except Exception:
-            # A broken check must not lose the picture; moderators see the log.
-            log.exception("image check of job %s failed; showing the image", job.id)
-            return SHOW
+            # Fail closed: the check did not say the picture may be shown (the picture is kept
+            # on disk; moderators see the log).
+            log.exception("image check of job %s failed; withholding the image", job.id)
+            return UNCHECKED

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bot.attachments import DISCORD_CDN_ORIGINS, check_origin
 from bot.moderation.image_check import DEFAULT_IMAGE_THRESHOLD
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
@@ -77,6 +78,22 @@ class Settings:
     # picture counts as showing a blocked concept. Image-text similarities run far lower than
     # text-text ones, hence a threshold of its own (see bot/moderation/image_check.py).
     image_check_threshold: float = DEFAULT_IMAGE_THRESHOLD
+    # Delivery: the final edit is tried final_edit_attempts times (with backoff) before the
+    # picture counts as undelivered; it is sent again after redeliver_after seconds, then
+    # twice as long each time up to 15 minutes, and at every start of the bot.
+    final_edit_attempts: int = 8
+    redeliver_after: float = 30.0
+    # Retention of attachments and finished pictures: an hourly sweep deletes files older than
+    # retention_days, then the oldest until all take at most retention_max_gb (0: no limit).
+    retention_days: float = 30.0
+    retention_max_gb: float = 20.0
+    # Commands in direct messages: off by default (no server's moderators see them). When on,
+    # the operator's global bans, blocked terms and concepts apply there.
+    allow_dms: bool = False
+    # Where attachments may be downloaded from (scheme://host[:port]): Discord's CDN over https.
+    # Tests add the fake Discord's address; widening it in production lets users point the bot
+    # at any server.
+    attachment_origins: tuple[str, ...] = DISCORD_CDN_ORIGINS
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -97,6 +114,7 @@ class Settings:
             "progress_every",
             "global_queue_cap",
             "max_attempts",
+            "final_edit_attempts",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be 1 or more, not {getattr(self, name)}")
@@ -104,6 +122,18 @@ class Settings:
             raise SettingsError(
                 f"image_check_threshold must be between -1 and 1, not {self.image_check_threshold}"
             )
+        if self.redeliver_after <= 0:
+            raise SettingsError(f"redeliver_after must be above 0, not {self.redeliver_after}")
+        for name in ("retention_days", "retention_max_gb"):
+            if getattr(self, name) < 0:
+                raise SettingsError(
+                    f"{name} must be 0 (no limit) or more, not {getattr(self, name)}"
+                )
+        for origin in self.attachment_origins:
+            try:
+                check_origin(origin)
+            except ValueError as error:
+                raise SettingsError(f"attachment_origins: {error}") from None
         if not 0 <= self.worker_niceness <= 19:
             raise SettingsError(f"worker_niceness must be 0 to 19, not {self.worker_niceness}")
         if self.token_margin < 0 or self.token_margin >= self.token_lifetime:
@@ -160,6 +190,12 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_MAX_ATTEMPTS": "max_attempts",
     "IMAGINE_WORKER_NICENESS": "worker_niceness",
     "IMAGINE_IMAGE_CHECK_THRESHOLD": "image_check_threshold",
+    "IMAGINE_FINAL_EDIT_ATTEMPTS": "final_edit_attempts",
+    "IMAGINE_REDELIVER_AFTER": "redeliver_after",
+    "IMAGINE_RETENTION_DAYS": "retention_days",
+    "IMAGINE_RETENTION_MAX_GB": "retention_max_gb",
+    "IMAGINE_ALLOW_DMS": "allow_dms",
+    "IMAGINE_ATTACHMENT_ORIGINS": "attachment_origins",
     "IMAGINE_LOG_LEVEL": "log_level",
 }
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
@@ -175,6 +211,15 @@ def _convert(name: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return int(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError

@@ -5,6 +5,16 @@ the connection from ``connect()`` and returns frozen dataclasses; see db/README.
 """
 
 from db.connection import connect, transaction
+from db.delivery import (
+    DELIVERY_STATES,
+    IMAGE_VERDICTS,
+    files_in_use,
+    mark_delivered,
+    mark_expired,
+    mark_picture_ready,
+    mark_undelivered,
+    undelivered_jobs,
+)
 from db.errors import (
     AdmissionRefused,
     AlreadyExists,
@@ -72,6 +82,14 @@ from db.queue import fair_queue, queue_position, queued_jobs_for_user, running_j
 from db.settings import UNSET, get_guild_settings, set_guild_settings
 
 __all__ = [
+    "DELIVERY_STATES",
+    "IMAGE_VERDICTS",
+    "files_in_use",
+    "mark_delivered",
+    "mark_expired",
+    "mark_picture_ready",
+    "mark_undelivered",
+    "undelivered_jobs",
     "DEFAULT_GLOBAL_QUEUE_CAP",
     "DEFAULT_LIMITS",
     "IMAGE_CHECK_MODES",

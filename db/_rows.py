@@ -63,6 +63,10 @@ def job_from_row(row: aiosqlite.Row) -> Job:
         application_id=row["application_id"],
         reply_message_id=row["reply_message_id"],
         channel_message_id=row["channel_message_id"],
+        delivery=row["delivery"],
+        delivery_attempts=row["delivery_attempts"],
+        image_verdict=row["image_verdict"],
+        expired_at=row["expired_at"],
     )
 
 

@@ -145,6 +145,12 @@ class Job:
     application_id: int | None
     reply_message_id: int | None
     channel_message_id: int | None
+    # Delivery of the finished picture (migration 0003): None, 'pending', 'delivered',
+    # 'undelivered'; the image check's verdict; when the retention sweep deleted the output.
+    delivery: str | None = None
+    delivery_attempts: int = 0
+    image_verdict: str | None = None
+    expired_at: float | None = None
 
     @property
     def waiting(self) -> bool:

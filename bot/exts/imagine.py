@@ -157,6 +157,7 @@ class ImagineCog(commands.Cog):
                         max_bytes=settings.max_attachment_bytes,
                         max_pixels=settings.max_image_pixels,
                         what=what,
+                        origins=settings.attachment_origins,
                     )
                     for attachment, what in attachments
                 )

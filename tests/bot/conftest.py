@@ -38,6 +38,8 @@ def make_settings(fake: FakeDiscord, tmp_path: Path, **changes: Any) -> Settings
         edit_interval=0.15,
         channel_edit_limit=5,
         channel_edit_window=1.0,
+        # The fake's CDN is plain http on localhost: allowed here only, never by default.
+        attachment_origins=(fake.base_url,),
     )
     values.update(changes)
     return Settings(**values)

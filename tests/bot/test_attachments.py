@@ -17,8 +17,11 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from bot.attachments import (
+    DISCORD_CDN_ORIGINS,
     AttachmentError,
+    allowed_url,
     check_declared,
+    check_origin,
     decode_check,
     fetch_image,
     sniff_format,
@@ -82,6 +85,11 @@ async def server() -> AsyncIterator[TestServer]:
             for _ in range(10_000):
                 await response.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 65_536)
             return response
+        if name == "redirect.png":
+            # An "attachment" that sends the bot somewhere else.
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+        if name == "local-redirect.png":
+            raise web.HTTPFound("/files/ok.png")
         if name not in files:
             raise web.HTTPNotFound()
         return web.Response(body=files[name], content_type="application/octet-stream")
@@ -103,7 +111,12 @@ def attachment(
 
 
 def listing(folder: Path) -> list[Path]:
-    return list(folder.iterdir())
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+def origin(server: TestServer) -> tuple[str, ...]:
+    """The test server's address, allowed explicitly (as the tests' settings do)."""
+    return (str(server.make_url("/").origin()),)
 
 
 def test_sniff_format() -> None:
@@ -146,7 +159,12 @@ def test_decompression_bomb_is_refused_from_its_header() -> None:
 async def test_fetch_saves_a_good_image(server: TestServer, tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as session:
         checked = await fetch_image(
-            session, attachment(server, "ok.png"), tmp_path, max_bytes=10_000, max_pixels=10_000
+            session,
+            attachment(server, "ok.png"),
+            tmp_path,
+            max_bytes=10_000,
+            max_pixels=10_000,
+            origins=origin(server),
         )
         jpeg = await fetch_image(
             session,
@@ -154,6 +172,7 @@ async def test_fetch_saves_a_good_image(server: TestServer, tmp_path: Path) -> N
             tmp_path,
             max_bytes=10_000,
             max_pixels=10_000,
+            origins=origin(server),
         )
     assert checked.path.parent == tmp_path
     assert checked.path.read_bytes() == png_bytes()
@@ -183,6 +202,7 @@ async def test_fetch_refuses_bad_files(
                 tmp_path,
                 max_bytes=100_000,
                 max_pixels=4096 * 4096,
+                origins=origin(server),
             )
     assert listing(tmp_path) == []  # nothing kept
 
@@ -199,4 +219,53 @@ async def test_download_stops_at_the_limit_even_when_the_size_was_understated(
                 tmp_path,
                 max_bytes=1024 * 1024,
                 max_pixels=4096 * 4096,
+                origins=origin(server),
             )
+
+
+def test_only_discords_cdn_over_https_is_allowed_by_default() -> None:
+    assert allowed_url("https://cdn.discordapp.com/attachments/1/2/a.png", DISCORD_CDN_ORIGINS)
+    assert allowed_url("https://media.discordapp.net/attachments/1/2/a.png", DISCORD_CDN_ORIGINS)
+    for url in (
+        "http://cdn.discordapp.com/attachments/1/2/a.png",  # not https
+        "https://cdn.discordapp.com.evil.example/a.png",
+        "https://evil.example/cdn.discordapp.com/a.png",
+        "https://cdn.discordapp.com:8443/a.png",
+        "http://127.0.0.1:8080/files/ok.png",
+        "file:///etc/passwd",
+        "not a url",
+    ):
+        assert not allowed_url(url, DISCORD_CDN_ORIGINS), url
+    with pytest.raises(ValueError, match="not an origin"):
+        check_origin("https://cdn.discordapp.com/attachments")
+
+
+async def test_a_host_that_is_not_allowed_is_never_contacted(
+    server: TestServer, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AttachmentError, match="not a file uploaded to Discord"):
+            # The production default: the local test server is not Discord's CDN.
+            await fetch_image(
+                session,
+                attachment(server, "ok.png"),
+                tmp_path,
+                max_bytes=10_000,
+                max_pixels=10_000,
+            )
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["redirect.png", "local-redirect.png"])
+async def test_redirects_are_not_followed(server: TestServer, tmp_path: Path, name: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(AttachmentError, match="redirected elsewhere"):
+            await fetch_image(
+                session,
+                attachment(server, name),
+                tmp_path,
+                max_bytes=10_000,
+                max_pixels=10_000,
+                origins=origin(server),
+            )
+    assert listing(tmp_path) == []

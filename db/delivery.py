@@ -1,0 +1,129 @@
+"""Delivery of finished pictures, tracked apart from the job's status (migration 0003).
+
+A job becomes ``done`` with ``delivery = 'pending'`` as soon as its picture is saved, before the
+final edit is sent: the buttons of a picture on screen then always find a finished job. The
+final edit then makes it ``delivered``, or ``undelivered`` when Discord kept failing; the bot
+retries undelivered pictures in the background and at every start (``pending`` ones too: a
+crash between saving and sending).
+
+Also here: what the retention sweep needs (files still in use, outputs it deleted).
+"""
+
+from __future__ import annotations
+
+import json
+
+import aiosqlite
+
+from db._rows import fetch_all, fetch_job, job_from_row, now_or, placeholders
+from db.connection import transaction
+from db.errors import JobNotFound
+from db.models import Job
+
+DELIVERY_STATES = ("pending", "delivered", "undelivered")
+IMAGE_VERDICTS = ("show", "spoiler", "withhold", "unchecked")
+# Deliveries not yet landed.
+OPEN_DELIVERIES = ("pending", "undelivered")
+
+
+async def mark_picture_ready(
+    conn: aiosqlite.Connection,
+    job_id: int,
+    output_path: str,
+    clip_score: float | None = None,
+    *,
+    verdict: str = "show",
+    now: float | None = None,
+) -> Job | None:
+    """running -> done, delivery 'pending', with the saved picture and the image check's
+    verdict. None when the job was no longer running (cancelled meanwhile)."""
+    if verdict not in IMAGE_VERDICTS:
+        raise ValueError(f"verdict must be one of {', '.join(IMAGE_VERDICTS)}, not {verdict!r}")
+    async with transaction(conn):
+        cursor = await conn.execute(
+            "UPDATE jobs SET status = 'done', finished_at = ?, output_path = ?, clip_score = ?,"
+            " last_step = COALESCE(total_steps, steps), delivery = 'pending',"
+            " image_verdict = ? WHERE id = ? AND status = 'running'",
+            (now_or(now), str(output_path), clip_score, verdict, job_id),
+        )
+        job = await fetch_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job if cursor.rowcount else None
+
+
+async def _set_delivery(conn: aiosqlite.Connection, job_id: int, assignments: str) -> Job | None:
+    async with transaction(conn):
+        cursor = await conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?"
+            f" AND delivery IN ({placeholders(OPEN_DELIVERIES)})",
+            (job_id, *OPEN_DELIVERIES),
+        )
+        job = await fetch_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job if cursor.rowcount else None
+
+
+async def mark_delivered(conn: aiosqlite.Connection, job_id: int) -> Job | None:
+    """pending/undelivered -> delivered. None when it was not waiting for delivery."""
+    return await _set_delivery(
+        conn, job_id, "delivery = 'delivered', delivery_attempts = delivery_attempts + 1"
+    )
+
+
+async def mark_undelivered(conn: aiosqlite.Connection, job_id: int) -> Job | None:
+    """pending/undelivered -> undelivered, one more failed attempt counted."""
+    return await _set_delivery(
+        conn, job_id, "delivery = 'undelivered', delivery_attempts = delivery_attempts + 1"
+    )
+
+
+async def undelivered_jobs(conn: aiosqlite.Connection) -> list[Job]:
+    """Finished jobs whose picture has not landed yet (pending or undelivered), oldest first."""
+    async with transaction(conn, write=False):
+        rows = await fetch_all(
+            conn,
+            f"SELECT * FROM jobs WHERE delivery IN ({placeholders(OPEN_DELIVERIES)})"
+            " AND status = 'done' ORDER BY id",
+            OPEN_DELIVERIES,
+        )
+    return [job_from_row(row) for row in rows]
+
+
+async def files_in_use(conn: aiosqlite.Connection) -> set[str]:
+    """Every file a job may still read or send: the inputs and outputs of queued and running
+    jobs and of pictures not yet delivered. The retention sweep never deletes these."""
+    async with transaction(conn, write=False):
+        rows = await fetch_all(
+            conn,
+            "SELECT output_path, init_image, image_prompts FROM jobs"
+            " WHERE status IN ('queued', 'running')"
+            f" OR delivery IN ({placeholders(OPEN_DELIVERIES)})",
+            OPEN_DELIVERIES,
+        )
+    paths: set[str] = set()
+    for row in rows:
+        for value in (row["output_path"], row["init_image"]):
+            if value:
+                paths.add(value)
+        for entry in json.loads(row["image_prompts"] or "[]"):
+            # "path[:weight[:stop]]": the bot stores plain paths; keep both forms.
+            paths.add(str(entry))
+            paths.add(str(entry).split(":", 1)[0])
+    return paths
+
+
+async def mark_expired(
+    conn: aiosqlite.Connection, output_paths: list[str], *, now: float | None = None
+) -> int:
+    """Record that these output files were deleted; returns how many jobs that touched."""
+    if not output_paths:
+        return 0
+    async with transaction(conn):
+        cursor = await conn.execute(
+            f"UPDATE jobs SET expired_at = ? WHERE expired_at IS NULL"
+            f" AND output_path IN ({placeholders(output_paths)})",
+            (now_or(now), *output_paths),
+        )
+    return cursor.rowcount
