@@ -11,6 +11,12 @@ concept the guild blocked. If any is at least ``threshold`` similar, the picture
 Either way a ``image_flagged`` entry goes to the moderators' log with the concept, the
 similarity and the prompt.
 
+**It fails closed.** When the check is on but cannot run (CLIP errors, the worker is gone), the
+picture is not shown as if it had passed: in ``withhold`` mode it is withheld (verdict
+``UNCHECKED``: the message says the check could not run), in ``spoiler`` mode it is posted as a
+spoiler. An ``image_check_failed`` entry goes to the moderators' log. If even the guild's mode
+cannot be read, the scheduler withholds the picture (``UNCHECKED``) for the same reason.
+
 **The image threshold is not the prompt threshold.** Cosine similarity between a CLIP image
 embedding and a text embedding is on a much lower scale than between two text embeddings: a
 picture that plainly shows what a caption says typically scores about 0.25-0.35 with CLIP
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 SHOW = "show"
 SPOILER = "spoiler"
 WITHHOLD = "withhold"
+# The check is on but could not run: withheld, with a message saying so.
+UNCHECKED = "unchecked"
 MODES = ("off", SPOILER, WITHHOLD)
 
 # Cosine similarity between the picture's and a concept description's CLIP embeddings at or
@@ -47,6 +55,7 @@ MODES = ("off", SPOILER, WITHHOLD)
 DEFAULT_IMAGE_THRESHOLD = 0.27
 
 FLAGGED_ACTION = "image_flagged"
+FAILED_ACTION = "image_check_failed"
 
 
 @dataclass(frozen=True)
@@ -131,8 +140,12 @@ class ConceptImageCheck:
         concepts = [row.text for row in await db.list_blocked_concepts(self._conn, job.guild_id)]
         if not concepts:
             return SHOW
-        flag = flagged_concept(await self.similarities(png, concepts), self.threshold)
-        result = verdict(settings.image_check_mode, flag)
+        mode = settings.image_check_mode
+        try:
+            flag = flagged_concept(await self.similarities(png, concepts), self.threshold)
+        except Exception as error:
+            return await self._failed(job, mode, error)
+        result = verdict(mode, flag)
         if flag is not None:
             log.info("picture #%s flagged by the image check (%s)", job.id, result)
             await db.add_modlog(
@@ -146,4 +159,30 @@ class ConceptImageCheck:
                     f"similarity {flag.similarity:.3f}: {job.prompt}"
                 ),
             )
+        return result
+
+    async def _failed(self, job: Job, mode: str, error: Exception) -> str:
+        """The check is on and could not run: fail closed (see the module doc)."""
+        result = SPOILER if mode == SPOILER else UNCHECKED
+        log.error(
+            "image check of picture #%s could not run (%s); %s",
+            job.id,
+            error,
+            "spoilered" if result == SPOILER else "withheld",
+            exc_info=error,
+        )
+        try:
+            await db.add_modlog(
+                self._conn,
+                job.guild_id,
+                job.user_id,
+                FAILED_ACTION,
+                target=None,
+                detail=(
+                    f"picture #{job.id} {'spoilered' if result == SPOILER else 'withheld'}: the "
+                    f"image check could not run ({type(error).__name__}): {job.prompt}"
+                ),
+            )
+        except Exception:
+            log.exception("could not log the failed image check of picture #%s", job.id)
         return result
