@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from generation.engine import generate  # noqa: E402
-from generation.generators import generator_names  # noqa: E402
+from generation.generators import generator_names, vqgan  # noqa: E402
 from generation.loop import clamp_with_grad  # noqa: E402
 from generation.models import CONFIG_DIR, ModelsConfig, ModelStore  # noqa: E402
 from generation.request import GenerationRequest, RunControl  # noqa: E402
@@ -120,7 +120,7 @@ class TextbookVQGANCLIP:
         device = store.device
         # The scripts load the VQGAN and never freeze it: its weight gradients are computed
         # on every backward pass. CLIP they do freeze.
-        self.model = copy.deepcopy(store.vqgan()).requires_grad_(True)
+        self.model = copy.deepcopy(vqgan.load_model(store)).requires_grad_(True)
         self.clip = store.perceptor().models[0]
         self.cut_size = self.clip.input_size
         self.cutn, self.cut_pow = request.cutn, request.cut_pow

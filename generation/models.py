@@ -1,342 +1,172 @@
-"""Which models to use, where their weights come from, and a store that loads each one once.
+"""The store that loads each model once for one device, and the device it runs on.
 
-``ModelsConfig.load(spec)`` reads the models TOML (``IMAGINE_MODELS``): ``None`` gives the
-built-in defaults (generation/configs/defaults.toml), ``"tiny"`` the tiny random preset
-(generation/configs/tiny.toml), anything else is a path to a TOML file of the same format.
+What to load comes from the models TOML, parsed by generation/models_config.py; weight files
+come from generation/weights.py. Both are re-exported here for callers that name them through
+this module.
 
-``ModelStore`` owns the loaded models for one device. It is used from the single GPU thread; a
-lock makes concurrent first loads safe anyway (the CLI and tests call it from the main thread).
+``ModelStore`` is used from the single GPU thread; a lock makes concurrent first loads safe
+anyway (the CLI and tests call it from the main thread). Arrows run one way: the perceptor and
+the generators import this module, and this module imports the perceptor only (never a
+generator).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import gc
 import logging
-import os
-import re
 import threading
-import tomllib
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from generation.errors import BadRequest, WeightsNotFound
+from generation.errors import BadRequest, CheckpointError, WeightsNotFound
+from generation.models_config import (
+    AUTOCAST_CHOICES,
+    CONFIG_DIR,
+    DEFAULT_KEYS,
+    DEFAULTS_TOML,
+    TINY_TOML,
+    ClipSpec,
+    CudaSettings,
+    ModelsConfig,
+    default_cache_dir,
+)
+from generation.perceptor import Perceptor
+from generation.weights import (
+    DamagedWeights,
+    in_cache,
+    probe,
+    quarantine,
+    resolve_weight,
+    url_cache_path,
+)
 
-if TYPE_CHECKING:
-    from generation.perceptor import Perceptor
+# Names callers know from this module, now defined in the lower ones.
+__all__ = [
+    "AUTOCAST_CHOICES",
+    "CONFIG_DIR",
+    "DEFAULTS_TOML",
+    "DEFAULT_KEYS",
+    "TINY_TOML",
+    "TINY_WARNING",
+    "ClipSpec",
+    "CudaSettings",
+    "ModelStore",
+    "ModelsConfig",
+    "default_cache_dir",
+    "describe_device",
+    "pick_device",
+    "require_gpu_for_real_models",
+    "resolve_weight",
+    "url_cache_path",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULTS_TOML = CONFIG_DIR / "defaults.toml"
-TINY_TOML = CONFIG_DIR / "tiny.toml"
 TINY_WARNING = (
     "IMAGINE_MODELS=tiny: using tiny randomly initialised models for tests and smoke runs; "
     "their pictures are noise. Point IMAGINE_MODELS at a models TOML for real pictures."
 )
-DOWNLOAD_TIMEOUT_S = 60
-AUTOCAST_CHOICES = ("auto", "bf16", "fp16", "off")
-# Request settings a models file may default (the CLI uses them when not given).
-DEFAULT_KEYS = ("steps", "size", "cutn", "generator")
-CUDNN_CHOICES = ("auto", "on", "off")
+# The cache key of CLIP: it always stays loaded (every generator and moderation check uses it).
+PERCEPTOR_KEY = "perceptor"
+# torch builds for CUDA 13 carry kernels for compute capability 7.5 (Turing) and newer.
+MIN_CAPABILITY = (7, 5)
 
 
-def default_cache_dir() -> Path:
-    """$IMAGINE_CACHE_DIR, else ~/.cache/clip-imagine (read when called, never at import)."""
-    env = os.environ.get("IMAGINE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "clip-imagine"
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """One open_clip model of the perceptor."""
-
-    model: str  # open_clip architecture name, e.g. "ViT-B-32"
-    # An open_clip pretrained tag ("laion2b_s34b_b79k"), a weight file (path, hf://, URL), or
-    # None for random weights (tests, benchmarks).
-    pretrained: str | None = None
-    weight: float = 1.0
-    # A JSON architecture file registered with open_clip under the name ``model``.
-    config: Path | None = None
-    seed: int = 0  # seed of the random initialisation when pretrained is None
-
-    def describe(self) -> str:
-        return f"{self.model}/{self.pretrained or 'random'}"
-
-
-@dataclass(frozen=True)
-class CudaSettings:
-    autocast: str = "auto"
-    cudnn_benchmark: bool = True
-    vqgan_cudnn: str = "auto"
-    # Run the VQGAN decoder under the same autocast as CLIP (bf16/fp16 convolutions).
-    decoder_autocast: bool = True
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    """The parsed models TOML. Generator sections stay plain dicts: each generator file reads
-    its own (``config.generators["vqgan"]``)."""
-
-    source: str  # "defaults", "tiny" or the TOML path, for messages
-    clip: tuple[ClipSpec, ...]
-    generators: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    download: bool = True
-    cuda: CudaSettings = field(default_factory=CudaSettings)
-    tiny: bool = False
-    # Directory that relative paths in the file are relative to.
-    base_dir: Path = CONFIG_DIR
-    # [defaults]: request settings suited to these models (steps, size, cutn, generator).
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, spec: str | None) -> ModelsConfig:
-        """None -> built-in defaults; "tiny" -> the tiny preset; else a TOML path."""
-        if spec is None or spec.strip() in ("", "default", "defaults"):
-            return cls.from_toml(DEFAULTS_TOML, source="defaults")
-        if spec.strip() == "tiny":
-            return cls.from_toml(TINY_TOML, source="tiny")
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise BadRequest(
-                f"models file {spec!r} not found: give a TOML file of models (see the README, "
-                f"'Models TOML') or 'tiny' for the built-in tiny test models"
-            )
-        return cls.from_toml(path, source=str(path))
-
-    @classmethod
-    def tiny_preset(cls) -> ModelsConfig:
-        return cls.load("tiny")
-
-    @classmethod
-    def from_toml(cls, path: Path, *, source: str | None = None) -> ModelsConfig:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as error:
-            raise BadRequest(f"cannot read models file {path}: {error}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise BadRequest(f"models file {path} is not valid TOML: {error}") from None
-        return cls.from_dict(data, base_dir=path.parent, source=source or str(path))
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, base_dir: Path, source: str = "<dict>"
-    ) -> ModelsConfig:
-        where = f"models file {source}"
-        clips = data.get("clip")
-        if not isinstance(clips, list) or not clips:
-            raise BadRequest(f"{where} needs at least one [[clip]] table naming an open_clip model")
-        specs = tuple(_clip_spec(item, base_dir, where) for item in clips)
-        if sum(s.weight for s in specs) <= 0:
-            raise BadRequest(f"{where}: the [[clip]] weights must add up to more than 0")
-        generators = data.get("generators", {})
-        if not isinstance(generators, dict):
-            raise BadRequest(f"{where}: [generators] must be a table of per-generator tables")
-        cache_dir = data.get("cache_dir")
-        defaults = data.get("defaults", {})
-        unknown = set(defaults) - set(DEFAULT_KEYS) if isinstance(defaults, dict) else {"?"}
-        if unknown:
-            raise BadRequest(
-                f"{where}: [defaults] may only set {', '.join(DEFAULT_KEYS)}, not "
-                f"{', '.join(sorted(unknown))}"
-            )
-        return cls(
-            source=source,
-            clip=specs,
-            generators=generators,
-            cache_dir=_relative(cache_dir, base_dir) if cache_dir else default_cache_dir(),
-            download=bool(data.get("download", True)),
-            cuda=_cuda_settings(data.get("cuda", {}), where),
-            tiny=bool(data.get("tiny", False)),
-            base_dir=base_dir,
-            defaults=defaults,
-        )
-
-    def generator_section(self, name: str) -> Mapping[str, Any]:
-        return self.generators.get(name, {})
-
-    def path(self, value: str) -> str:
-        """A weight spec from this file with relative local paths made absolute."""
-        if _is_remote(value) or value == "random":
-            return value
-        return str(_relative(value, self.base_dir))
-
-
-def _relative(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
-
-
-def _clip_spec(item: Any, base_dir: Path, where: str) -> ClipSpec:
-    if not isinstance(item, dict) or not isinstance(item.get("model"), str):
-        raise BadRequest(
-            f'{where}: every [[clip]] needs model = "<open_clip name>", e.g. "ViT-B-32"'
-        )
-    weight = item.get("weight", 1.0)
-    if not isinstance(weight, int | float) or weight < 0:
-        raise BadRequest(f"{where}: clip {item['model']!r} weight must be a number >= 0")
-    pretrained = item.get("pretrained")
-    if pretrained is not None and not _is_remote(pretrained) and _looks_like_path(pretrained):
-        pretrained = str(_relative(pretrained, base_dir))
-    config = item.get("config")
-    return ClipSpec(
-        model=item["model"],
-        pretrained=pretrained,
-        weight=float(weight),
-        config=_relative(config, base_dir) if config else None,
-        seed=int(item.get("seed", 0)),
-    )
-
-
-def _cuda_settings(data: Any, where: str) -> CudaSettings:
-    settings = CudaSettings(
-        autocast=str(data.get("autocast", "auto")),
-        cudnn_benchmark=bool(data.get("cudnn_benchmark", True)),
-        vqgan_cudnn=str(data.get("vqgan_cudnn", "auto")),
-        decoder_autocast=bool(data.get("decoder_autocast", True)),
-    )
-    if settings.autocast not in AUTOCAST_CHOICES:
-        raise BadRequest(f"{where}: cuda.autocast must be one of {', '.join(AUTOCAST_CHOICES)}")
-    if settings.vqgan_cudnn not in CUDNN_CHOICES:
-        raise BadRequest(f"{where}: cuda.vqgan_cudnn must be one of {', '.join(CUDNN_CHOICES)}")
-    return settings
-
-
-def _is_remote(value: str) -> bool:
-    return value.startswith(("hf://", "http://", "https://"))
-
-
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-# --------------------------------------------------------------------------- weight files
-
-
-def resolve_weight(
-    spec: str,
-    *,
-    what: str,
-    how_to_get: str,
-    cache_dir: Path | None = None,
-    download: bool = True,
-) -> Path:
-    """The local file for a weight spec: a local path, or "hf://owner/repo/file" or an http(s)
-    URL fetched into the cache on first use. Raises WeightsNotFound, saying where it looked and
-    how to get the file, when it is missing and cannot be downloaded."""
-    cache_dir = cache_dir or default_cache_dir()
-    if spec.startswith("hf://"):
-        return _from_hub(
-            spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download
-        )
-    if spec.startswith(("http://", "https://")):
-        return _from_url(
-            spec, what=what, how_to_get=how_to_get, cache_dir=cache_dir, download=download
-        )
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    raise WeightsNotFound(f"{what} not found: no file at {path}. {how_to_get}")
-
-
-def url_cache_path(url: str, cache_dir: Path) -> Path:
-    """Where a URL's file is kept: a readable name plus a hash of the whole URL (many
-    published checkpoints are all called last.ckpt)."""
-    parsed = urllib.parse.urlparse(url)
-    query_path = urllib.parse.parse_qs(parsed.query).get("p", [""])[0]
-    name = Path(query_path or parsed.path).name or "download"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-80:]
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return cache_dir / "downloads" / f"{digest}-{name}"
-
-
-def _from_url(url: str, *, what: str, how_to_get: str, cache_dir: Path, download: bool) -> Path:
-    target = url_cache_path(url, cache_dir)
-    if target.is_file():
-        return target
-    if not download:
-        raise WeightsNotFound(
-            f"{what} is not in the cache ({target}) and downloads are off. {how_to_get} "
-            f"Download {url} to that path, or set its local path in the models file."
-        )
-    log.info("downloading %s from %s into %s", what, url, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "clip-imagine"})
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            with partial.open("wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-        # Rename only a complete file, so an interrupted download is never mistaken for one.
-        partial.replace(target)
-    except (OSError, urllib.error.URLError) as error:
-        partial.unlink(missing_ok=True)
-        raise WeightsNotFound(
-            f"{what} could not be downloaded from {url} ({error}). {how_to_get} "
-            f"Or place the file at {target}."
-        ) from None
-    return target
-
-
-def _from_hub(spec: str, *, what: str, how_to_get: str, cache_dir: Path, download: bool) -> Path:
-    parts = spec.removeprefix("hf://").split("/")
-    if len(parts) < 3:
-        raise BadRequest(f"{spec!r} is not a hub file: write hf://owner/repo/path/to/file")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import hf_hub_download
-
-    hub_cache = cache_dir / "hub"
-    try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=hub_cache, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached yet; the download below says what failed
-        if not download:
-            raise WeightsNotFound(
-                f"{what} ({spec}) is not in the cache {hub_cache} and downloads are off. "
-                f"{how_to_get}"
-            ) from None
-    try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=hub_cache))
-    except Exception as error:  # noqa: BLE001 - hub errors are many types; all mean "missing"
-        raise WeightsNotFound(
-            f"{what} could not be downloaded from the Hugging Face Hub ({spec}: "
-            f"{type(error).__name__}). {how_to_get}"
-        ) from None
-
-
-# --------------------------------------------------------------------------- the store
+# --------------------------------------------------------------------------- the device
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device asked for (checked to be usable), else CUDA when it works, else the CPU."""
     if device is not None:
         try:
             chosen = torch.device(device)
         except RuntimeError:
             raise BadRequest(f"unknown device {device!r}: use cpu or cuda") from None
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise BadRequest("CUDA is not available on this machine: use the cpu device")
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BadRequest(
+                    f"device {device!r} was asked for, but CUDA cannot be used here: "
+                    f"{cuda_problem()}. Fix the GPU set-up (README: Requirements) or use cpu"
+                )
+            check_capability(chosen)
         return chosen
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        chosen = torch.device("cuda")
+        check_capability(chosen)
+        return chosen
+    return torch.device("cpu")
+
+
+def cuda_problem() -> str:
+    """Why CUDA is not usable, as far as torch can tell."""
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build; install a CUDA build of torch"
+    return (
+        f"torch is built for CUDA {torch.version.cuda} but finds no usable GPU (no GPU, no "
+        f"driver, a driver too old for CUDA {torch.version.cuda}, or a container started "
+        f"without --gpus)"
+    )
+
+
+def check_capability(device: torch.device) -> None:
+    """Refuse a GPU this torch build has no kernels for, instead of failing at the first job."""
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise BadRequest(
+            f"{name} has compute capability {capability[0]}.{capability[1]}; this torch "
+            f"(CUDA {torch.version.cuda}) needs {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer. "
+            f"Use a newer GPU, or IMAGINE_DEVICE=cpu"
+        )
+
+
+def describe_device(device: torch.device) -> str:
+    """ "cuda:0 (NVIDIA H100, compute capability 9.0, 79.6 GiB)" or "cpu (8 threads)"."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return (
+            f"cuda:{index} ({props.name}, compute capability {props.major}.{props.minor}, "
+            f"{props.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda})"
+        )
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
+def require_gpu_for_real_models(
+    config: ModelsConfig, requested: str | None, device: torch.device
+) -> None:
+    """Real models on a CPU take minutes a picture: refuse unless the operator asked for the
+    CPU (IMAGINE_DEVICE=cpu). The tiny preset runs anywhere."""
+    if config.tiny or device.type != "cpu" or requested is not None:
+        return
+    raise BadRequest(
+        f"no usable CUDA GPU ({cuda_problem()}), and the models of {config.source} would take "
+        f"minutes a picture on the CPU. Fix the GPU set-up (README: Requirements), or set "
+        f"IMAGINE_DEVICE=cpu to run on the CPU anyway, or IMAGINE_MODELS=tiny for a smoke test"
+    )
+
+
+# --------------------------------------------------------------------------- the store
 
 
 class ModelStore:
-    """Loads each model once, lazily, and keeps it for every later request."""
+    """Loads each model once and keeps it: CLIP always, other models up to the models file's
+    ``max_resident``, dropping the least recently used one beyond that."""
 
     def __init__(self, config: ModelsConfig, device: str | torch.device | None = None) -> None:
         self.config = config
         self.device = pick_device(device)
-        self._cache: dict[str, Any] = {}
+        self._cache: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
+        # Weight files resolved by the load in progress, to name them if it fails.
+        self._resolved: list[Path] = []
         if config.tiny:
             log.warning(TINY_WARNING)
         if self.device.type == "cuda":
@@ -387,35 +217,83 @@ class ModelStore:
         return torch.cuda.get_device_capability(self.device) != (8, 0)
 
     def get_or_load(self, key: str, loader: Callable[[], T]) -> T:
-        """The cached object for ``key``, calling ``loader`` the first time only."""
+        """The cached object for ``key``, calling ``loader`` the first time only. A load that
+        fails names the weight files it read; cached ones that cannot be read are moved aside
+        so the next load downloads them again."""
         with self._lock:
-            if key not in self._cache:
-                self._cache[key] = loader()
-            return self._cache[key]
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            outer, self._resolved = self._resolved, []
+            try:
+                value = loader()
+            except DamagedWeights:
+                raise  # its message already names the file and what happened to it
+            except (WeightsNotFound, CheckpointError) as error:
+                raise type(error)(f"{error}{self._explain_failed_files()}") from None
+            finally:
+                self._resolved = outer
+            self._cache[key] = value
+            self._evict()
+            return value
+
+    def _explain_failed_files(self) -> str:
+        notes = []
+        for path in dict.fromkeys(self._resolved):
+            if not path.exists():
+                continue
+            cached = in_cache(path, self.cache_dir)
+            reason = probe(path) if cached else None
+            if reason is not None:
+                moved = quarantine(path)
+                notes.append(
+                    f"the cached file {path} is {reason} and was moved aside to {moved}; "
+                    f"start again to download it anew"
+                )
+            elif cached:
+                notes.append(
+                    f"it read the cached file {path}: if that file is damaged, delete it and "
+                    f"start again to download it anew"
+                )
+            else:
+                notes.append(f"it read {path}")
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    def _evict(self) -> None:
+        """Drop the least recently used models beyond max_resident (CLIP always stays)."""
+        others = [key for key in self._cache if key != PERCEPTOR_KEY]
+        dropped = others[: max(0, len(others) - self.config.max_resident)]
+        for key in dropped:
+            del self._cache[key]
+            log.info(
+                "unloaded %s: more than %d models besides CLIP (max_resident in the models file)",
+                key,
+                self.config.max_resident,
+            )
+        if dropped:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def loaded(self) -> tuple[str, ...]:
         return tuple(self._cache)
 
     def perceptor(self) -> Perceptor:
-        from generation.perceptor import Perceptor
-
-        return self.get_or_load("perceptor", lambda: Perceptor.load(self.config, self))
-
-    def vqgan(self, name: str | None = None) -> Any:
-        """The VQGAN model ``name`` (default: [generators.vqgan] default), loaded once."""
-        from generation.generators import vqgan
-
-        return vqgan.load_model(self, name)
+        return self.get_or_load(PERCEPTOR_KEY, lambda: Perceptor.load(self.config, self))
 
     def resolve(self, spec: str, *, what: str, how_to_get: str) -> Path:
-        """resolve_weight with this store's cache dir and download setting."""
-        return resolve_weight(
+        """resolve_weight with this store's cache dir, download setting and the file's
+        sha256 from the models file."""
+        path = resolve_weight(
             self.config.path(spec),
             what=what,
             how_to_get=how_to_get,
             cache_dir=self.cache_dir,
             download=self.config.download,
+            sha256=self.config.sha256_for(spec),
         )
+        self._resolved.append(path)
+        return path
 
     def describe(self) -> str:
         """The perceptor models, for PNG metadata: "ViT-B-32/laion2b_s34b_b79k:1"."""

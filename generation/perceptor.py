@@ -2,26 +2,56 @@
 
 Every model keeps its own input size and normalisation; callers hand in images in [0, 1] and
 get L2-normalised embeddings back. Parameters are frozen: gradients flow only to the image.
+
+Half precision on CUDA: CLIP's matmul and convolution weights are kept in the dtype autocast
+runs them in (bf16, or fp16 on GPUs without bf16), which halves their memory and changes no
+result, since autocast would cast them to that dtype for every op anyway. LayerNorms and
+embeddings stay fp32, as autocast wants them. ``[cuda] autocast = "off"`` or
+``half_clip = false`` keeps everything fp32.
+
+This module knows the store only through ``LoadContext`` (what loading needs), so the store
+(generation/models.py) can import it and not the other way round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from generation.errors import WeightsNotFound
-
-if TYPE_CHECKING:
-    from generation.models import ClipSpec, ModelsConfig, ModelStore
+from generation.models_config import LOCAL_DIR, ClipSpec, ModelsConfig
+from generation.weights import DamagedWeights, in_cache, matches, probe, quarantine
 
 log = logging.getLogger(__name__)
+
+
+class LoadContext(Protocol):
+    """What loading CLIP needs from the model store."""
+
+    config: ModelsConfig
+    device: torch.device
+
+    @property
+    def cache_dir(self) -> Path: ...
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None: ...
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    def seeded_init(self, seed: int) -> contextlib.AbstractContextManager[None]: ...
+
+    def resolve(self, spec: str, *, what: str, how_to_get: str) -> Path: ...
+
 
 OPEN_CLIP_HOW_TO = (
     "Run once on a machine with network access to fill the cache, or download the weights "
@@ -48,14 +78,14 @@ class PerceptorModel:
 class Perceptor:
     """A weighted ensemble of open_clip models on one device."""
 
-    def __init__(self, models: list[PerceptorModel], store: ModelStore | None = None) -> None:
+    def __init__(self, models: list[PerceptorModel], store: LoadContext | None = None) -> None:
         if not models:
             raise ValueError("a perceptor needs at least one CLIP model")
         self.models = models
         self._store = store
 
     @classmethod
-    def load(cls, config: ModelsConfig, store: ModelStore) -> Perceptor:
+    def load(cls, config: ModelsConfig, store: LoadContext) -> Perceptor:
         return cls([_load_model(spec, store) for spec in config.clip], store)
 
     @property
@@ -104,7 +134,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
+def _load_model(spec: ClipSpec, store: LoadContext) -> PerceptorModel:
     import open_clip
 
     if spec.config is not None:
@@ -112,18 +142,24 @@ def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
             raise WeightsNotFound(f"open_clip architecture file {spec.config} not found")
         # Registers the JSON under its file stem, which must be the model name.
         open_clip.add_model_config(spec.config)
-    if spec.model not in open_clip.list_models():
+    if spec.local_dir is not None:
+        model = _create_local_dir(open_clip, spec.local_dir)
+    elif spec.model not in open_clip.list_models():
         raise WeightsNotFound(
             f"open_clip has no model {spec.model!r}; choose one of open_clip.list_models(), "
-            f'e.g. ViT-B-32, or give config = "arch.json" for a custom one'
+            f'e.g. ViT-B-32, give config = "arch.json" for a custom one, or model = '
+            f'"local-dir:PATH" for a folder with open_clip_config.json and its weights'
         )
-    if spec.pretrained is None:
+    elif spec.pretrained is None:
         # Random weights are what was asked for here; open_clip's warning about them is noise.
         with store.seeded_init(spec.seed), _without_root_warnings():
             model = open_clip.create_model(spec.model, pretrained=None)
     else:
         model = _create_pretrained(open_clip, spec, store)
     model = model.to(store.device).eval().requires_grad_(False)
+    half = store.autocast_dtype if store.config.cuda.half_clip else None
+    if half is not None:
+        model = to_half(model, half)
     if store.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     preprocess = open_clip.get_model_preprocess_cfg(model)
@@ -131,7 +167,13 @@ def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
     input_size = size if isinstance(size, int) else int(size[0])
     mean = torch.tensor(preprocess["mean"], device=store.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess["std"], device=store.device).view(1, 3, 1, 1)
-    log.info("loaded CLIP %s (input %d px, weight %g)", spec.describe(), input_size, spec.weight)
+    log.info(
+        "loaded CLIP %s (input %d px, weight %g, matmul weights in %s)",
+        spec.describe(),
+        input_size,
+        spec.weight,
+        str(half or torch.float32).removeprefix("torch."),
+    )
     return PerceptorModel(
         name=spec.describe(),
         model=model,
@@ -141,6 +183,50 @@ def _load_model(spec: ClipSpec, store: ModelStore) -> PerceptorModel:
         mean=mean,
         std=std,
     )
+
+
+def to_half(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Keep the matmul/convolution weights in ``dtype`` (open_clip's own conversion; norms
+    and embeddings stay fp32) and run both encoders under autocast to ``dtype``, so that a
+    caller handing in fp32 tensors outside an autocast block still works."""
+    from open_clip.model import convert_weights_to_lp
+
+    convert_weights_to_lp(model, dtype)
+    device_type = next(model.parameters()).device.type
+    for name in ("encode_image", "encode_text"):
+        setattr(model, name, _under_autocast(getattr(model, name), device_type, dtype))
+    return model
+
+
+def _under_autocast(fn: Callable[..., Any], device_type: str, dtype: torch.dtype) -> Any:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _create_local_dir(open_clip: Any, folder: Path) -> nn.Module:
+    """An open_clip folder (open_clip_config.json with model_cfg, plus its weights)."""
+    how = (
+        "A local-dir model is a folder with open_clip_config.json (holding model_cfg) and its "
+        "weights (open_clip_model.safetensors or open_clip_pytorch_model.bin)."
+    )
+    if not (folder / "open_clip_config.json").is_file():
+        raise WeightsNotFound(f"CLIP folder {folder} has no open_clip_config.json. {how}")
+    weights = [p for ext in ("safetensors", "bin", "pth") for p in folder.glob(f"*.{ext}")]
+    if not weights:
+        raise WeightsNotFound(f"CLIP folder {folder} holds no weights file. {how}")
+    try:
+        with _without_root_warnings():
+            return open_clip.create_model(LOCAL_DIR + str(folder), require_pretrained=True)
+    except Exception as error:  # noqa: BLE001 - config/weight errors of many types
+        raise WeightsNotFound(
+            f"CLIP folder {folder} could not be loaded ({type(error).__name__}: "
+            f"{str(error)[:200]}): check that its weights belong to its open_clip_config.json "
+            f"and are not damaged. {how}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -157,10 +243,12 @@ def _without_root_warnings() -> Iterator[None]:
         root.removeFilter(only_errors)
 
 
-def _create_pretrained(open_clip: Any, spec: ClipSpec, store: ModelStore) -> nn.Module:
+def _create_pretrained(open_clip: Any, spec: ClipSpec, store: LoadContext) -> nn.Module:
     assert spec.pretrained is not None
     pretrained = spec.pretrained
     what = f"CLIP weights {spec.describe()}"
+    # The file of a tag (files the store resolves, it names itself when a load fails).
+    tag_file: Path | None = None
     if pretrained.startswith(("hf://", "http://", "https://")) or "/" in pretrained:
         pretrained = str(store.resolve(pretrained, what=what, how_to_get=OPEN_CLIP_HOW_TO))
     elif pretrained not in open_clip.list_pretrained_tags_by_model(spec.model):
@@ -168,6 +256,8 @@ def _create_pretrained(open_clip: Any, spec: ClipSpec, store: ModelStore) -> nn.
             f"open_clip has no pretrained tag {pretrained!r} for {spec.model}; known tags: "
             f"{', '.join(open_clip.list_pretrained_tags_by_model(spec.model)) or 'none'}"
         )
+    else:
+        tag_file = _download_tag(open_clip, spec, store, what)
     try:
         return open_clip.create_model(
             spec.model,
@@ -177,6 +267,42 @@ def _create_pretrained(open_clip: Any, spec: ClipSpec, store: ModelStore) -> nn.
         )
     except Exception as error:  # noqa: BLE001 - download/hub/file errors of many types
         raise WeightsNotFound(
-            f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
-            f"{OPEN_CLIP_HOW_TO}"
+            f"{what} could not be loaded ({type(error).__name__}: {str(error)[:200]})"
+            f"{_about_file(tag_file, store.cache_dir)}. {OPEN_CLIP_HOW_TO}"
         ) from None
+
+
+def _download_tag(open_clip: Any, spec: ClipSpec, store: LoadContext, what: str) -> Path | None:
+    """The file of an open_clip pretrained tag, downloaded into the cache by open_clip itself
+    and checked against the [[clip]] sha256 if one is given; None if it cannot be had (the
+    load that follows says why)."""
+    assert spec.pretrained is not None
+    cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+    try:
+        found = open_clip.download_pretrained(cfg, cache_dir=str(store.cache_dir / "open_clip"))
+    except Exception:  # noqa: BLE001 - offline, hub down: create_model reports it
+        return None
+    path = Path(found) if found else None
+    if path is None or not path.is_file() or spec.sha256 is None:
+        return path
+    if matches(path, spec.sha256):
+        return path
+    moved = quarantine(path) if in_cache(path, store.cache_dir) else None
+    where = f"it was moved aside to {moved}" if moved else f"replace {path}"
+    raise DamagedWeights(
+        f"{what}: {path} does not have the sha256 the models file gives "
+        f"({spec.sha256[:12]}…); {where}, then start again to download it anew"
+    )
+
+
+def _about_file(path: Path | None, cache_dir: Path) -> str:
+    """What to tell the operator about the weight file a failed load read."""
+    if path is None or not path.exists():
+        return ""
+    if not in_cache(path, cache_dir):
+        return f"; it read {path}"
+    reason = probe(path)
+    if reason is not None:
+        moved = quarantine(path)
+        return f"; the cached file {path} is {reason} and was moved aside to {moved}"
+    return f"; it read the cached file {path}: if that file is damaged, delete it and start again"

@@ -60,3 +60,104 @@ def test_the_walker_sees_imports_anywhere(tmp_path) -> None:
     # The check itself can fail: a function-level import and an importlib call are found.
     source = "def f():\n    import torch.nn\n    from discord import ui\nimportlib.import_module('db.x')\n"
     assert sorted(imported_roots(ast.parse(source))) == [(2, "torch"), (3, "discord"), (4, "db")]
+
+
+# ---------------------------------------------------------------------------- import circles
+
+# Circles someone is removing right now: each entry is the set of modules of one circle. Empty
+# this list as they go; a circle not listed here fails the test, and so does a listed one
+# that is gone (so the list cannot rot).
+CIRCLES_BEING_REMOVED: list[set[str]] = [
+    # The Ray workers' seam (generation/workers.py names worker.py's result types for typing
+    # only) while the pool is written.
+    {"generation.worker", "generation.workers"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every module name an import in ``tree`` may load: ``from a.b import c`` gives a.b and
+    a.b.c (c may be a module); relative imports are made absolute. Imports inside functions
+    and under TYPE_CHECKING count: they are arrows too."""
+    names: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (nearest existing module of each name)."""
+    files = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        targets = set()
+        for name in imported_modules(tree, module, path.name == "__init__.py"):
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circles_inside_a_package() -> None:
+    found = circles(import_graph())
+    unexpected = [sorted(group) for group in found if group not in CIRCLES_BEING_REMOVED]
+    assert unexpected == [], "import circles (arrows must run one way)"
+    gone = [sorted(group) for group in CIRCLES_BEING_REMOVED if group not in found]
+    assert gone == [], "these circles are gone: remove them from CIRCLES_BEING_REMOVED"
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    # a -> b -> c -> a is one circle, d -> a is not part of it, e imports itself only.
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert circles(graph) == [{"a", "b", "c"}]
+    source = "from . import x\nfrom .y import z\nif TYPE_CHECKING:\n    from p.q import r\n"
+    names = imported_modules(ast.parse(source), "p.sub.mod", is_package=False)
+    assert names == {"p.sub", "p.sub.x", "p.sub.y", "p.sub.y.z", "p.q", "p.q.r"}

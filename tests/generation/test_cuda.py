@@ -11,6 +11,7 @@ import torch
 
 from generation.engine import generate
 from generation.errors import OutOfMemory
+from generation.generators import vqgan
 from generation.models import ModelsConfig, ModelStore
 from tests.generation.generator_helpers import request
 
@@ -42,7 +43,7 @@ def test_autocast_off_and_cudnn_off_also_run() -> None:
 
 
 def test_out_of_memory_is_reported_and_the_next_job_runs(cuda_store) -> None:
-    cuda_store.perceptor(), cuda_store.vqgan()  # models in place before memory is capped
+    cuda_store.perceptor(), vqgan.load_model(cuda_store)  # models in place before memory is capped
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     # Cap this process to what it holds now plus 64 MiB: a 1024 px run cannot fit.

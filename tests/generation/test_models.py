@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from generation.errors import BadRequest, WeightsNotFound
+from generation.generators import vqgan
 from generation.guidance import ClipGuide
 from generation.loop import torch_generator
 from generation.models import (
@@ -171,7 +172,7 @@ def test_store_loads_each_model_once() -> None:
     assert store.get_or_load("k", lambda: calls.append(1) or "other") == "value"
     assert calls == [1]
     assert store.perceptor() is store.perceptor()
-    assert store.vqgan() is store.vqgan("tiny")
+    assert vqgan.load_model(store) is vqgan.load_model(store, "tiny")
 
 
 def test_tiny_models_are_the_same_in_every_store() -> None:
