@@ -147,8 +147,9 @@ def request_from_spec(spec: JobSpec | Job, *, progress_every: int = 10) -> Gener
 
 
 class Admission:
-    """The three steps above. ``precheck`` runs steps 1-2 (cheap; before downloading
-    attachments), ``admit`` runs all three and returns the queued job."""
+    """The three steps above. ``admit`` runs all three and returns the queued job.
+    ``precheck`` runs them without inserting, for a command that must do costly work first
+    (download attachments): parameters, then bans and limits (read only), then the policy."""
 
     def __init__(
         self,
@@ -185,13 +186,24 @@ class Admission:
                 log.exception("could not record a refused prompt")
         raise Refused(refusal)
 
+    async def check_standing(self, spec: JobSpec) -> None:
+        """Bans and limits, read only (``create_job`` checks them again with the insert)."""
+        try:
+            await db.check_admissible(self._conn, spec, global_queue_cap=self._global_queue_cap)
+        except db.AdmissionRefused as error:
+            raise Refused(Refusal(error.message)) from None
+
     async def precheck(self, spec: JobSpec) -> None:
+        """Everything ``admit`` checks, nothing stored. Bans and limits come before the
+        policy: a banned or limited user costs no download, no file and no embedding."""
         self.check_parameters(spec)
+        await self.check_standing(spec)
         await self.check_policy(spec)
 
     async def admit(self, spec: JobSpec) -> Job:
         """Steps 1-3; the returned job is saved as ``queued``."""
-        await self.precheck(spec)
+        self.check_parameters(spec)
+        await self.check_policy(spec)
         try:
             return await db.create_job(self._conn, spec, global_queue_cap=self._global_queue_cap)
         except db.AdmissionRefused as error:

@@ -207,6 +207,12 @@ def decode_check(data: bytes, *, max_pixels: int, what: str) -> tuple[str, int, 
     return fmt, width, height
 
 
+def discard(paths: list[Path]) -> None:
+    """Delete stored attachments of a request that was refused (call it in a thread)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")

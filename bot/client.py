@@ -25,10 +25,11 @@ from bot.delivery import Delivery
 from bot.jobs import JobService
 from bot.progress import ReplyManager
 from bot.replies import JobReplySink
+from bot.retention import RetentionSweeper
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.ui import JobButton
-from generation.worker import GpuWorker
+from generation.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ImagineBot(commands.Bot):
         self,
         settings: Settings,
         conn: aiosqlite.Connection,
-        worker: GpuWorker,
+        worker: Workers,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
@@ -94,6 +95,12 @@ class ImagineBot(commands.Bot):
             delivery=self.delivery,
         )
         self.jobs = JobService(conn, settings, self.admission, self.scheduler, self.replies)
+        self.retention = RetentionSweeper(
+            conn,
+            (settings.output_dir, settings.input_dir),
+            max_age_days=settings.retention_days,
+            max_gb=settings.retention_max_gb,
+        )
         self.downloads: aiohttp.ClientSession | None = None
         self.tree.on_error = self._on_app_command_error
 
@@ -108,6 +115,7 @@ class ImagineBot(commands.Bot):
         await self.sync_commands()
         await self.scheduler.start()
         await self.delivery.resume()
+        self.retention.start()
 
     async def sync_commands(self) -> None:
         if self.settings.guild_ids:
@@ -121,6 +129,7 @@ class ImagineBot(commands.Bot):
 
     async def close(self) -> None:
         await self.scheduler.close()
+        await self.retention.close()
         await self.delivery.close()
         await self.replies.close()
         if self.downloads is not None:

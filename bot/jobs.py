@@ -44,6 +44,10 @@ NOT_YOURS = (
 )
 
 
+def _all_exist(paths: list[str]) -> bool:
+    return all(Path(p).is_file() for p in paths)
+
+
 def random_seed() -> int:
     return secrets.randbelow(SEED_RANGE)
 
@@ -278,6 +282,15 @@ class JobService:
         if parent.status != "done":
             await self.refuse(interaction, "Only a finished picture can be re-rolled.")
             return None
+        inputs = [p for p in (parent.init_image, *parent.image_prompts) if p]
+        if inputs and not await asyncio.to_thread(_all_exist, inputs):
+            await self.refuse(
+                interaction,
+                "This picture started from images that have expired (the bot keeps files for "
+                "a limited time), so it cannot be re-rolled. Run /imagine again with new "
+                "images.",
+            )
+            return None
         seed = random_seed()
         while seed == parent.seed:
             seed = random_seed()
@@ -290,11 +303,13 @@ class JobService:
         if parent.status != "done" or not parent.output_path:
             await self.refuse(interaction, "Only a finished picture can be varied.")
             return None
-        if not await asyncio.to_thread(Path(parent.output_path).is_file):
+        if parent.expired_at is not None or not await asyncio.to_thread(
+            _all_exist, [parent.output_path]
+        ):
             await self.refuse(
                 interaction,
-                "The file of this picture is no longer kept, so it cannot be varied. "
-                "Re-roll it or run /imagine again.",
+                f"{render.EXPIRED_NOTE} It cannot be varied any more; Re-roll it or run "
+                "/imagine again.",
             )
             return None
         spec = self._derived(

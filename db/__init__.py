@@ -34,6 +34,7 @@ from db.jobs import (
     mark_failed,
     record_progress,
     requeue_interrupted,
+    requeue_job,
     set_channel_message,
     set_reply,
     set_reply_message,
@@ -42,6 +43,7 @@ from db.migrate import Migration, load_migrations, migrate, schema_version
 from db.models import (
     DEFAULT_GLOBAL_QUEUE_CAP,
     DEFAULT_LIMITS,
+    GLOBAL_SCOPE,
     IMAGE_CHECK_MODES,
     JOB_KINDS,
     JOB_STATUSES,
@@ -78,6 +80,7 @@ from db.moderation import (
     update_concept_embedding,
 )
 from db.modlog import add_modlog, recent_modlog, record_refused_prompt
+from db.precheck import check_admissible
 from db.queue import fair_queue, queue_position, queued_jobs_for_user, running_jobs, take_next_job
 from db.settings import UNSET, get_guild_settings, set_guild_settings
 
@@ -92,6 +95,7 @@ __all__ = [
     "undelivered_jobs",
     "DEFAULT_GLOBAL_QUEUE_CAP",
     "DEFAULT_LIMITS",
+    "GLOBAL_SCOPE",
     "IMAGE_CHECK_MODES",
     "JOB_KINDS",
     "JOB_STATUSES",
@@ -122,6 +126,7 @@ __all__ = [
     "add_blocked_concept",
     "add_blocked_term",
     "add_modlog",
+    "check_admissible",
     "ban_user",
     "cancel_user_jobs",
     "connect",
@@ -153,6 +158,7 @@ __all__ = [
     "remove_blocked_concept",
     "remove_blocked_term",
     "requeue_interrupted",
+    "requeue_job",
     "running_jobs",
     "schema_version",
     "set_channel_message",

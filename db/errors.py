@@ -43,7 +43,8 @@ class UserBanned(AdmissionRefused):
     """The user is banned from the bot in this guild."""
 
     def __init__(self, guild_id: int | None, user_id: int, reason: str | None) -> None:
-        text = "You are banned from using this bot in this server"
+        # guild_id 0 is the operator's scope (db.GLOBAL_SCOPE): banned from the whole bot.
+        text = "You are banned from using this bot" + (" in this server" if guild_id else "")
         text += f" ({reason})." if reason else "."
         super().__init__(text + " Ask a moderator if you think this is a mistake.")
         self.guild_id = guild_id

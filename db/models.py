@@ -19,6 +19,9 @@ WAITING_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("done", "failed", "cancelled")
 MATCH_MODES = ("word", "substring")
 IMAGE_CHECK_MODES = ("off", "spoiler", "withhold")
+# The operator's rules for the whole bot (direct messages included) are stored like a guild's,
+# under this guild id, which no Discord guild has.
+GLOBAL_SCOPE = 0
 
 # Discord interaction tokens stay valid for 15 minutes after the interaction was created.
 TOKEN_LIFETIME = 15 * 60.0

@@ -17,7 +17,7 @@ import aiosqlite
 from db._rows import fetch_all, fetch_one, now_or
 from db.connection import transaction
 from db.errors import AlreadyExists
-from db.models import MATCH_MODES, Ban, BlockedConcept, BlockedTerm
+from db.models import GLOBAL_SCOPE, MATCH_MODES, Ban, BlockedConcept, BlockedTerm
 from db.modlog import insert_modlog
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -75,11 +75,12 @@ def _ban(row: aiosqlite.Row) -> Ban:
 
 
 async def fetch_ban(conn: aiosqlite.Connection, guild_id: int | None, user_id: int) -> Ban | None:
-    """Read inside the caller's transaction."""
-    if guild_id is None:
-        return None
+    """Read inside the caller's transaction. The operator's global ban (``GLOBAL_SCOPE``)
+    applies everywhere, direct messages included; a guild's own ban comes first."""
     row = await fetch_one(
-        conn, "SELECT * FROM bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        conn,
+        "SELECT * FROM bans WHERE user_id = ? AND guild_id IN (?, ?) ORDER BY guild_id = ? LIMIT 1",
+        (user_id, GLOBAL_SCOPE if guild_id is None else guild_id, GLOBAL_SCOPE, GLOBAL_SCOPE),
     )
     return _ban(row) if row else None
 

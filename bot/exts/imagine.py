@@ -17,7 +17,14 @@ from discord.ext import commands
 import db
 from bot import render
 from bot.admission import Refused
-from bot.attachments import AttachmentError, check_declared, fetch_image
+from bot.attachments import (
+    AttachmentError,
+    CheckedImage,
+    check_declared,
+    discard,
+    fetch_image,
+)
+from bot.exts.info import workers_text
 from bot.jobs import random_seed
 from bot.settings import parse_size
 
@@ -131,8 +138,8 @@ class ImagineCog(commands.Cog):
         if not attachments:
             await jobs.submit(interaction, spec)
             return
-        # Refuse bad options, blocked prompts and files that are too big or not images by what
-        # Discord says about them, all before downloading anything.
+        # Refuse bad options, bans, limits, blocked prompts and files that are too big or not
+        # images by what Discord says about them, all before downloading anything.
         try:
             await jobs.admission.precheck(spec)
             for attachment, what in attachments:
@@ -147,30 +154,38 @@ class ImagineCog(commands.Cog):
         # an error about the file is seen by its sender only), then post the job publicly.
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert self.bot.downloads is not None
-        try:
-            checked = await asyncio.gather(
-                *(
-                    fetch_image(
-                        self.bot.downloads,
-                        attachment,
-                        settings.input_dir,
-                        max_bytes=settings.max_attachment_bytes,
-                        max_pixels=settings.max_image_pixels,
-                        what=what,
-                        origins=settings.attachment_origins,
-                    )
-                    for attachment, what in attachments
+        results = await asyncio.gather(
+            *(
+                fetch_image(
+                    self.bot.downloads,
+                    attachment,
+                    settings.input_dir,
+                    max_bytes=settings.max_attachment_bytes,
+                    max_pixels=settings.max_image_pixels,
+                    what=what,
+                    origins=settings.attachment_origins,
                 )
-            )
-        except AttachmentError as error:
-            await jobs.refuse(interaction, str(error), deferred=True)
+                for attachment, what in attachments
+            ),
+            return_exceptions=True,
+        )
+        checked = [r for r in results if isinstance(r, CheckedImage)]
+        errors = [r for r in results if not isinstance(r, CheckedImage)]
+        if errors:
+            # One file was refused: the other one is not kept either.
+            await asyncio.to_thread(discard, [item.path for item in checked])
+            if not isinstance(errors[0], AttachmentError):
+                raise errors[0]
+            await jobs.refuse(interaction, str(errors[0]), deferred=True)
             return
         paths = {what: str(item.path) for (_, what), item in zip(attachments, checked, strict=True)}
         spec = spec.replace(
             init_image=paths.get("init image"),
             image_prompts=(paths["image prompt"],) if "image prompt" in paths else (),
         )
-        await jobs.submit(interaction, spec, deferred=True)
+        if await jobs.submit(interaction, spec, deferred=True) is None:
+            # Refused after all (a limit reached meanwhile): keep nothing of it.
+            await asyncio.to_thread(discard, [item.path for item in checked])
 
     @app_commands.command(
         name="queue", description="Your pictures in the queue and when they are due"
@@ -181,7 +196,10 @@ class ImagineCog(commands.Cog):
             conn, interaction.user.id, guild_id=interaction.guild_id
         )
         stats = await db.queue_stats(conn)
-        header = f"{stats.queued} waiting and {stats.running} painting in the whole queue."
+        header = (
+            f"{stats.queued} waiting and {stats.running} painting in the whole queue; "
+            f"workers: {workers_text(self.bot.worker.status())}."
+        )
         if not entries:
             await interaction.response.send_message(
                 f"You have no pictures waiting. {header}", ephemeral=True
