@@ -29,9 +29,9 @@ DOWNLOAD_TIMEOUT_S = 60
 PROGRESS_EVERY_S = 10.0
 QUARANTINE_SUFFIX = ".corrupt"
 
-# Files whose SHA-256 matched in this process: (path, size, mtime_ns). Hashing gigabytes takes
-# seconds, so a cached file is checked once per process, not on every load.
-_verified: set[tuple[str, int, int]] = set()
+# Files whose SHA-256 matched in this process: (path, size, mtime_ns, sha256). Hashing
+# gigabytes takes seconds, so a cached file is checked once per process, not on every load.
+_verified: set[tuple[str, int, int, str]] = set()
 _verified_lock = threading.Lock()
 
 
@@ -98,7 +98,7 @@ def matches(path: Path, sha256: str) -> bool:
     """Whether ``path`` has this SHA-256; a file that matched once in this process (same size
     and modification time) is not hashed again."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, sha256.lower())
     with _verified_lock:
         if key in _verified:
             return True

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation.errors import BadRequest, WeightsNotFound
+from generation import weights
+from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.generators import vqgan
 from generation.guidance import ClipGuide
 from generation.loop import torch_generator
@@ -20,9 +21,13 @@ from generation.models import (
     TINY_WARNING,
     ModelsConfig,
     ModelStore,
+    describe_device,
+    require_gpu_for_real_models,
     resolve_weight,
     url_cache_path,
 )
+from generation.perceptor import to_half
+from generation.weights import DamagedWeights
 from tests.generation.generator_helpers import request, tiny_store
 
 
@@ -204,3 +209,232 @@ def test_ensemble_uses_each_models_own_input_size(tmp_path) -> None:
     guide.loss(image).backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
     assert store.describe() == "imagine-tiny-clip/random:1, imagine-test-clip48/random:0.5"
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_download_that_fails_its_sha256_is_moved_aside(tmp_path, file_server) -> None:
+    served, base = file_server
+    (served / "w.ckpt").write_bytes(b"<html>error page</html>")
+    cache = tmp_path / "cache"
+    url = f"{base}/w.ckpt"
+    with pytest.raises(DamagedWeights) as error:
+        resolve_weight(url, what="w", how_to_get="", cache_dir=cache, sha256=_sha(b"weights"))
+    target = url_cache_path(url, cache)
+    moved = target.with_name(target.name + ".corrupt")
+    assert not target.exists() and moved.read_bytes() == b"<html>error page</html>"
+    assert str(moved) in str(error.value) and "sha256" in str(error.value)
+    # Once the server has the right file, the next start downloads it and uses it.
+    (served / "w.ckpt").write_bytes(b"weights")
+    good = resolve_weight(url, what="w", how_to_get="", cache_dir=cache, sha256=_sha(b"weights"))
+    assert good == target and good.read_bytes() == b"weights"
+
+
+def test_a_damaged_cached_file_is_replaced_by_a_fresh_download(tmp_path, file_server) -> None:
+    served, base = file_server
+    (served / "w.ckpt").write_bytes(b"weights")
+    url, cache = f"{base}/w.ckpt", tmp_path / "cache"
+    target = url_cache_path(url, cache)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"weig")  # an old interrupted copy
+    path = resolve_weight(url, what="w", how_to_get="", cache_dir=cache, sha256=_sha(b"weights"))
+    assert path.read_bytes() == b"weights"
+    assert target.with_name(target.name + ".corrupt").read_bytes() == b"weig"
+
+
+def test_a_cached_file_is_hashed_once_per_process(tmp_path, monkeypatch) -> None:
+    calls = []
+    real = weights.file_sha256
+    monkeypatch.setattr(weights, "file_sha256", lambda path: calls.append(path) or real(path))
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"weights")
+    for _ in range(3):
+        assert resolve_weight(str(path), what="w", how_to_get="", sha256=_sha(b"weights"))
+    assert len(calls) == 1
+    # The operator's own file that does not match is named, and left where it is.
+    with pytest.raises(DamagedWeights, match=str(path)):
+        resolve_weight(str(path), what="w", how_to_get="", sha256=_sha(b"other"))
+    assert path.exists()
+
+
+def test_models_toml_takes_a_sha256_per_weight_file(tmp_path) -> None:
+    digest = _sha(b"x")
+    (tmp_path / "models.toml").write_text(
+        f"""
+[[clip]]
+model = "ViT-B-32"
+pretrained = "weights/b32.safetensors"
+sha256 = "{digest.upper()}"
+[generators.vqgan.models.mine]
+config = "vq/model.yaml"
+checkpoint = "https://example.org/last.ckpt"
+sha256 = "{digest}"
+"""
+    )
+    config = ModelsConfig.load(str(tmp_path / "models.toml"))
+    assert config.clip[0].sha256 == digest
+    assert config.sha256_for(str(tmp_path / "weights/b32.safetensors")) == digest
+    assert config.sha256_for("https://example.org/last.ckpt") == digest
+    assert config.sha256_for("vq/model.yaml") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[clip]]\nmodel = "ViT-B-32"\npretrained = "a.pt"\nsha256 = "abc"\n', "64 hex"),
+        (
+            '[[clip]]\nmodel = "ViT-B-32"\n[generators.diffusion]\nmodel = "a/b"\n'
+            f'sha256 = "{"0" * 64}"\n',
+            "checks one weight file",
+        ),
+        ('[[clip]]\nmodel = "local-dir:x"\npretrained = "a.pt"\n', "remove pretrained"),
+        ('max_resident = 0\n[[clip]]\nmodel = "ViT-B-32"\n', "max_resident"),
+    ],
+)
+def test_bad_checksums_and_limits_say_what_is_wrong(tmp_path, text, message) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    with pytest.raises(BadRequest, match=message):
+        ModelsConfig.load(str(path))
+
+
+def _vqgan_models_file(tmp_path: Path, checkpoint: str, extra: str = "") -> str:
+    tiny_yaml = Path(ModelsConfig.load("tiny").base_dir) / "tiny-vqgan.yaml"
+    text = (Path(ModelsConfig.load("tiny").base_dir) / "tiny.toml").read_text()
+    text = text.replace(
+        'config = "imagine-tiny-clip.json"', f'config = "{tiny_yaml.parent}/imagine-tiny-clip.json"'
+    )
+    text = text.replace('config = "tiny-vqgan.yaml"', f'config = "{tiny_yaml}"')
+    text = text.replace('checkpoint = "random"', f'checkpoint = "{checkpoint}"\n{extra}')
+    text = text.replace("download = false", f'download = true\ncache_dir = "{tmp_path / "cache"}"')
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_truncated_cached_checkpoint_is_named_and_moved_aside(tmp_path, file_server) -> None:
+    served, base = file_server
+    (served / "last.ckpt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a zip cut short
+    url = f"{base}/last.ckpt"
+    store = ModelStore(ModelsConfig.load(_vqgan_models_file(tmp_path, url)), device="cpu")
+    with pytest.raises(CheckpointError) as error:
+        vqgan.load_model(store)
+    cached = url_cache_path(url, tmp_path / "cache")
+    message = str(error.value)
+    assert str(cached) in message and "moved aside" in message
+    assert not cached.exists() and cached.with_name(cached.name + ".corrupt").exists()
+
+
+def test_a_readable_but_unusable_cached_file_is_named_with_what_to_do(
+    tmp_path, file_server
+) -> None:
+    served, base = file_server
+    from safetensors.torch import save_file
+
+    save_file({"unrelated": torch.zeros(2)}, str(served / "last.safetensors"))
+    url = f"{base}/last.safetensors"
+    store = ModelStore(ModelsConfig.load(_vqgan_models_file(tmp_path, url)), device="cpu")
+    with pytest.raises(CheckpointError) as error:
+        vqgan.load_model(store)
+    cached = url_cache_path(url, tmp_path / "cache")
+    assert f"cached file {cached}" in str(error.value) and "delete it" in str(error.value)
+    assert cached.exists()  # whole and readable: only named, not moved
+
+
+# --------------------------------------------------------------------------- residency
+
+
+def test_the_store_keeps_clip_and_at_most_max_resident_other_models() -> None:
+    import dataclasses
+
+    config = dataclasses.replace(ModelsConfig.load("tiny"), max_resident=2)
+    store = ModelStore(config, device="cpu")
+    store.perceptor()
+    for key in ("a", "b", "c"):
+        store.get_or_load(key, lambda key=key: key)
+    assert store.loaded() == ("perceptor", "b", "c")
+    store.get_or_load("b", lambda: "again")  # used: now the most recent
+    store.get_or_load("d", lambda: "d")
+    assert store.loaded() == ("perceptor", "b", "d")
+    assert store.get_or_load("b", lambda: "reloaded") == "b"
+
+
+# --------------------------------------------------------------------------- local-dir CLIP
+
+
+def test_an_open_clip_local_dir_loads_like_any_model(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    tiny = tiny_store().perceptor().models[0]
+    folder = tmp_path / "clips" / "my-clip"
+    folder.mkdir(parents=True)
+    arch = json.loads(Path(ModelsConfig.load("tiny").clip[0].config).read_text())
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": arch}))
+    state = {k: v.contiguous() for k, v in tiny.model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    (tmp_path / "models.toml").write_text(
+        'tiny = true\n[[clip]]\nmodel = "local-dir:clips/my-clip"\n'
+    )
+
+    config = ModelsConfig.load(str(tmp_path / "models.toml"))
+    assert config.clip[0].model == f"local-dir:{folder}"
+    loaded = ModelStore(config, device="cpu").perceptor().models[0]
+    assert loaded.input_size == tiny.input_size and loaded.name == "my-clip/local-dir"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            loaded.model.state_dict().values(), tiny.model.state_dict().values(), strict=True
+        )
+    )
+    text = ["a lighthouse"]
+    assert torch.allclose(
+        loaded.model.encode_text(loaded.tokenizer(text)),
+        tiny.model.encode_text(tiny.tokenizer(text)),
+    )
+
+
+def test_a_local_dir_without_weights_says_what_it_needs(tmp_path) -> None:
+    folder = tmp_path / "empty-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    (tmp_path / "models.toml").write_text(f'[[clip]]\nmodel = "local-dir:{folder}"\n')
+    store = ModelStore(ModelsConfig.load(str(tmp_path / "models.toml")), device="cpu")
+    with pytest.raises(WeightsNotFound, match="holds no weights file"):
+        store.perceptor()
+
+
+# --------------------------------------------------------------------------- half precision
+
+
+def test_half_clip_keeps_matmul_weights_low_and_takes_fp32_inputs() -> None:
+    import copy
+
+    model = tiny_store().perceptor().models[0].model
+    half = to_half(copy.deepcopy(model), torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in half.named_parameters()}
+    assert dtypes["visual.transformer.resblocks.0.mlp.c_fc.weight"] == torch.bfloat16
+    assert dtypes["visual.ln_post.weight"] == torch.float32  # norms stay fp32
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full, low = model.encode_image(images), half.encode_image(images)  # fp32 in, no autocast
+    cosine = torch.nn.functional.cosine_similarity(full, low.float(), dim=-1)
+    assert bool((cosine > 0.99).all())
+
+
+# --------------------------------------------------------------------------- the device
+
+
+def test_real_models_refuse_a_cpu_unless_it_was_asked_for() -> None:
+    cpu = torch.device("cpu")
+    with pytest.raises(BadRequest, match="IMAGINE_DEVICE=cpu"):
+        require_gpu_for_real_models(ModelsConfig.load(None), None, cpu)
+    require_gpu_for_real_models(ModelsConfig.load(None), "cpu", cpu)  # asked for: fine
+    require_gpu_for_real_models(ModelsConfig.load("tiny"), None, cpu)  # tiny: fine
+    assert "threads" in describe_device(cpu)
