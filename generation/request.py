@@ -49,10 +49,14 @@ class GenerationRequest:
     image_prompts: tuple[str, ...] = ()
     # Noise prompts: (seed, weight) pairs; a random embedding to steer toward or away from.
     noise_prompts: tuple[tuple[int, float], ...] = ()
-    # Diffusion generators: strength of the CLIP gradient, and how many schedule steps an init
-    # image skips.
+    # Diffusion generators: strength of the CLIP gradient (the step it takes grows in
+    # proportion to it), and how much of an init image is painted over. ``strength`` is the
+    # share of the schedule that runs from the noised init image, as in img2img (0.1 keeps it
+    # almost as it is, 1 paints over it entirely); None: the generator's default. ``skip_steps``
+    # says the same as an exact count of skipped steps; give one or the other (skipped_steps).
     guidance_scale: float = 500.0
     skip_steps: int = 0
+    strength: float | None = None
     # A progress image every this many steps (and always at the last step).
     progress_every: int = 10
 
@@ -161,10 +165,32 @@ def check_request(request: GenerationRequest, *, known_generators: tuple[str, ..
             f"skip steps must be at least 0 and below steps ({request.steps}), "
             f"not {request.skip_steps}"
         )
+    if request.strength is not None:
+        if request.init_image is None:
+            raise BadRequest("strength says how much of an init image to repaint: give one too")
+        if not 0 < request.strength <= 1:
+            raise BadRequest(
+                f"strength must be above 0 and at most 1 (0.1 keeps the init image almost as "
+                f"it is, 1 paints over it), not {request.strength}"
+            )
+        if request.skip_steps:
+            raise BadRequest("give strength or skip steps, not both: they say the same thing")
     if request.guidance_scale < 0:
         raise BadRequest(f"guidance scale must be 0 or more, not {request.guidance_scale}")
     if request.progress_every < 1:
         raise BadRequest(f"progress_every must be at least 1, not {request.progress_every}")
+
+
+def skipped_steps(request: GenerationRequest, default_strength: float) -> int:
+    """How many of the first schedule steps a diffusion generator skips: none without an init
+    image; ``skip_steps`` when it is given; else the share ``1 - strength`` of them (the
+    generator's ``default_strength`` when the request has none), leaving one step at least."""
+    if request.init_image is None:
+        return 0
+    if request.skip_steps:
+        return request.skip_steps
+    strength = default_strength if request.strength is None else request.strength
+    return request.steps - max(1, round(request.steps * strength))
 
 
 def check_multiple(request: GenerationRequest, factor: int, generator: str) -> None:

@@ -7,11 +7,20 @@ x_t, the noise in it; from that follows its guess of the clean image x0. CLIP sc
 predicted noise, as classifier guidance does (Dhariwal & Nichol 2021, with CLIP as the
 classifier):
 
-    eps' = eps + sqrt(1 - alpha_bar_t) * grad_x_t(guidance_scale * loss)
+    eps' = eps + sqrt(1 - alpha_bar_t) * guidance_scale * cap(grad_x_t(loss))
+
+``cap`` scales the loss gradient down to an RMS of at most clamp_grad / 500, so one large CLIP
+gradient early in the schedule cannot blow the sample apart, and the scale multiplies what is
+left: the step is always in proportion to guidance_scale (at 500, the default, it is capped at an
+RMS of clamp_grad; at 5000 at ten times that). Capping the scaled gradient instead would make
+every scale above a small one give the same picture.
 
 The scheduler (DDIM or DDPM from diffusers) then takes its usual step with eps'. An init image is
-noised to the level of the first step that is not skipped, so ``skip_steps`` decides how much of
-it survives.
+noised to the level of the first step that runs, and ``strength`` (as in img2img: the share of
+the schedule that runs) decides how much of it is painted over. The default, 0.5, follows Disco
+Diffusion's advice to skip about half the steps to keep an init image's shapes: on the linear
+schedule of pixel models it leaves 0.28 of the image's amplitude, about what img2img's 0.75
+leaves on Stable Diffusion's gentler schedule (0.24).
 
 Keys of ``[generators.diffusion]`` in the models TOML (all optional):
 
@@ -25,7 +34,8 @@ Keys of ``[generators.diffusion]`` in the models TOML (all optional):
     scheduler_subfolder = ""    # where scheduler_config.json is ("scheduler" for pipelines)
     scheduler = "ddim"          # "ddim" or "ddpm"
     eta = 0.0                   # DDIM's noise (0 deterministic, 1 like DDPM)
-    clamp_grad = 0.05           # cap on the RMS of the guidance gradient (0: no cap)
+    clamp_grad = 0.05           # cap on the RMS of the guidance gradient at guidance scale
+                                # 500, in proportion at other scales (0: no cap)
     grad_through_unet = true    # back-propagate through the UNet (better, ~3x the compute)
 
 Hub weights are cached under the models file's cache_dir (``hub/``); ``.bin`` files are read by
@@ -53,6 +63,7 @@ from generation.request import (
     GenerationResult,
     RunControl,
     check_multiple,
+    skipped_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,7 @@ RANDOM = "random"
 TINY_UNET = CONFIG_DIR / "tiny-diffusion-unet.json"
 TINY_SCHEDULER = CONFIG_DIR / "tiny-diffusion-scheduler.json"
 SCHEDULERS = ("ddim", "ddpm")
+DEFAULT_STRENGTH = 0.5  # share of the schedule run from a noised init image (see above)
 HOW_TO_GET = (
     "Set model = under [generators.diffusion] in your models TOML (IMAGINE_MODELS) to a folder "
     "saved by diffusers (config.json + diffusion_pytorch_model.safetensors, and "
@@ -292,6 +304,17 @@ def predicted_original(
     return (sample - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
 
+# The guidance scale at which clamp_grad is the cap on the gradient's RMS (the request's default).
+CAP_AT_SCALE = 500.0
+
+
+def guidance_gradient(loss_grad: torch.Tensor, scale: float, clamp_grad: float) -> torch.Tensor:
+    """The shift of the predicted noise: the loss gradient capped at an RMS of
+    clamp_grad / CAP_AT_SCALE, then times ``scale``, so the shift grows in proportion to the
+    scale whether or not the cap applies."""
+    return scale * clamp_rms(loss_grad, clamp_grad / CAP_AT_SCALE)
+
+
 def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
     """Scale ``grad`` down so its root mean square is at most ``max_rms`` (0: unchanged). A
     cap keeps one large CLIP gradient early in the schedule from blowing the sample apart."""
@@ -325,9 +348,11 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     # 1. Text, image and noise prompts are embedded once, for every CLIP model.
     guide = ClipGuide.from_request(request, store.perceptor(), generator)
 
-    # 2. The schedule: `steps` timesteps, of which the first `skip_steps` are skipped.
+    # 2. The schedule: `steps` timesteps; with an init image the first 1 - strength of them
+    #    are skipped.
+    skipped = skipped_steps(request, DEFAULT_STRENGTH)
     scheduler.set_timesteps(request.steps, device=device)
-    timesteps = scheduler.timesteps[request.skip_steps :]
+    timesteps = scheduler.timesteps[skipped:]
     total = len(timesteps)
 
     # 3. The starting sample: noise, or the init image noised to the first timestep's level.
@@ -364,8 +389,8 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             loss = guide.loss(image)
             loss_value = float(loss.detach())
             if request.guidance_scale > 0:
-                (grad,) = torch.autograd.grad(loss * request.guidance_scale, x_t)
-                grad = clamp_rms(grad, settings.clamp_grad)
+                (loss_grad,) = torch.autograd.grad(loss, x_t)
+                grad = guidance_gradient(loss_grad, request.guidance_scale, settings.clamp_grad)
             else:
                 grad = torch.zeros_like(x_t)
 
@@ -398,7 +423,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             "diffusion_model": model.name,
             "scheduler": settings.scheduler,
             "guidance_scale": f"{request.guidance_scale:g}",
-            "skip_steps": str(request.skip_steps),
+            "skip_steps": str(skipped),
         },
     )
 

@@ -7,7 +7,10 @@ classifier-free guidance (the prediction moved away from the unconditioned one b
 an ``AutoencoderKL`` decodes latents into pixels. On top, at every step, the predicted clean
 latents are decoded, the perceptor (the CLIP ensemble every generator uses, with cutouts, image
 prompts, weights) scores the image, and the gradient of that loss with respect to the noisy
-latents shifts the predicted noise (see generation/generators/diffusion.py for the formula).
+latents shifts the predicted noise (see generation/generators/diffusion.py for the formula: the
+shift is in proportion to guidance_scale). An init image is encoded, noised to the level of the
+first step that runs, and ``strength`` (the share of the schedule that runs) decides how much
+of it is painted over; the default is img2img's usual 0.75.
 
 The prompt's positive parts are the conditioning; its negative-weight parts become the
 negative prompt of classifier-free guidance (and push away in the CLIP loss as well).
@@ -25,7 +28,8 @@ Keys of ``[generators.latent_diffusion]`` in the models TOML (all optional):
     scheduler = "ddim"          # "ddim" or "ddpm"
     eta = 0.0                   # DDIM's noise
     cfg_scale = 7.5             # classifier-free guidance (1: none)
-    clamp_grad = 0.05           # cap on the RMS of the CLIP gradient (0: no cap)
+    clamp_grad = 0.05           # cap on the RMS of the CLIP gradient at guidance scale 500,
+                                # in proportion at other scales (0: no cap)
     grad_through_unet = false   # also back-propagate through the UNet (slower, more memory)
 """
 
@@ -46,10 +50,10 @@ from generation.generators.diffusion import (
     SCHEDULERS,
     TINY,
     check_supported,
-    clamp_rms,
     config_file,
     from_epsilon,
     from_pretrained,
+    guidance_gradient,
     make_scheduler,
     model_name,
     predicted_original,
@@ -67,6 +71,7 @@ from generation.request import (
     GenerationResult,
     RunControl,
     check_multiple,
+    skipped_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ TINY_CONFIGS = {
     "text_encoder": CONFIG_DIR / "tiny-latent-text-encoder.json",
     "scheduler": CONFIG_DIR / "tiny-latent-scheduler.json",
 }
+DEFAULT_STRENGTH = 0.75  # share of the schedule run from a noised init image
 HOW_TO_GET = (
     "Set model = under [generators.latent_diffusion] in your models TOML (IMAGINE_MODELS) to a "
     "folder saved by diffusers' StableDiffusionPipeline.save_pretrained (with unet/, vae/, "
@@ -273,9 +279,11 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         tokens = model.tokenize([negative, positive]).to(device)  # [2, 77]
         conditioning = model.text_encoder(tokens).last_hidden_state  # [2, 77, C]
 
-    # 3. The schedule: `steps` timesteps, of which the first `skip_steps` are skipped.
+    # 3. The schedule: `steps` timesteps; with an init image the first 1 - strength of them
+    #    are skipped.
+    skipped = skipped_steps(request, DEFAULT_STRENGTH)
     scheduler.set_timesteps(request.steps, device=device)
-    timesteps = scheduler.timesteps[request.skip_steps :]
+    timesteps = scheduler.timesteps[skipped:]
     total = len(timesteps)
 
     # 4. The starting latents: noise, or the init image encoded and noised to the first level.
@@ -329,8 +337,8 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             loss = guide.loss(image)
             loss_value = float(loss.detach())
             if request.guidance_scale > 0:
-                (grad,) = torch.autograd.grad(loss * request.guidance_scale, x_t)
-                grad = clamp_rms(grad, settings.clamp_grad)
+                (loss_grad,) = torch.autograd.grad(loss, x_t)
+                grad = guidance_gradient(loss_grad, request.guidance_scale, settings.clamp_grad)
             else:
                 grad = torch.zeros_like(x_t)
 
@@ -364,6 +372,6 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             "scheduler": settings.scheduler,
             "cfg_scale": f"{settings.cfg_scale:g}",
             "guidance_scale": f"{request.guidance_scale:g}",
-            "skip_steps": str(request.skip_steps),
+            "skip_steps": str(skipped),
         },
     )

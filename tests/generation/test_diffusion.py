@@ -13,6 +13,11 @@ from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.generators import diffusion
 from generation.models import CONFIG_DIR
 from generation.png import read_png_metadata
+from generation.request import (
+    GenerationRequest,
+    check_request,
+    skipped_steps,
+)
 from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_thread is autouse
     assert_cancel_within_one_step,
     assert_progress_cadence,
@@ -195,3 +200,101 @@ def test_learned_variance_models_are_refused_at_load(tmp_path) -> None:
     )
     with pytest.raises(CheckpointError, match="6 channels"):
         run(store, request(NAME, steps=1))
+
+
+# --------------------------------------------------------------------------- init images and
+# guidance with the settings users get: the default gradient cap, strength and guidance scale.
+
+
+def test_a_variation_is_closer_to_its_parent_than_a_fresh_picture(tmp_path) -> None:
+    """What the Variation button does: the finished picture as init image, a new seed, every
+    other setting as the parent had it (so the default strength). Random weights cannot
+    denoise, so the variation drifts toward its seed's own picture faster than a trained model
+    would let it: the margin is what random weights allow."""
+    store = tiny_store()
+    base = request(NAME, steps=20)
+    parent, _ = run(store, base.replace(seed=1))
+    parent_path = tmp_path / "parent.png"
+    parent.image.save(parent_path)
+    variation, _ = run(store, base.replace(seed=2, init_image=str(parent_path)))
+    fresh, _ = run(store, base.replace(seed=2))
+    assert mean_abs_difference(variation.image, parent.image) < (
+        mean_abs_difference(fresh.image, parent.image) - 0.1
+    )
+    assert variation.metadata["skip_steps"] == str(round(20 * (1 - diffusion.DEFAULT_STRENGTH)))
+
+
+def test_a_light_variation_stays_closer_to_its_parent_than_to_its_own_seed(tmp_path) -> None:
+    store = tiny_store()
+    base = request(NAME, steps=20)
+    parent, _ = run(store, base.replace(seed=1))
+    parent_path = tmp_path / "parent.png"
+    parent.image.save(parent_path)
+    light, _ = run(store, base.replace(seed=2, init_image=str(parent_path), strength=0.3))
+    fresh, _ = run(store, base.replace(seed=2))
+    assert mean_abs_difference(light.image, parent.image) < mean_abs_difference(
+        light.image, fresh.image
+    )
+
+
+def test_more_strength_paints_more_over_the_init_image(tmp_path) -> None:
+    init = solid_image(tmp_path / "init.png", (220, 120, 30))
+    base = request(NAME, steps=20, init_image=init)
+    distances = [
+        mean_abs_difference(run(tiny_store(), base.replace(strength=s))[0].image, Image.open(init))
+        for s in (0.1, 0.5, 1.0)
+    ]
+    assert distances[0] < distances[1] < distances[2]
+
+
+def test_strength_decides_the_skipped_share_and_leaves_one_step() -> None:
+    def skipped(**fields: object) -> int:
+        return skipped_steps(GenerationRequest("x", steps=20, **fields), 0.75)
+
+    assert skipped() == 0  # no init image: nothing is skipped
+    assert skipped(init_image="a.png") == 5  # the default strength
+    assert skipped(init_image="a.png", strength=0.3) == 14
+    assert skipped(init_image="a.png", strength=1.0) == 0
+    assert skipped(init_image="a.png", strength=0.01) == 19
+    assert skipped(init_image="a.png", skip_steps=3) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"strength": 0.5}, "give one too"),
+        ({"strength": 0.0, "init_image": "a.png"}, "above 0 and at most 1"),
+        ({"strength": 1.5, "init_image": "a.png"}, "above 0 and at most 1"),
+        ({"strength": 0.5, "skip_steps": 2, "init_image": "a.png"}, "not both"),
+    ],
+)
+def test_bad_strength_is_refused_with_what_to_do(fields: dict, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        check_request(GenerationRequest("a fox", steps=10, **fields))
+
+
+def test_guidance_scale_changes_the_picture_with_the_default_cap() -> None:
+    """At the default cap (clamp_grad 0.05) every scale used to give the same picture; the
+    picture must move further from the unguided one as the scale grows."""
+    store = tiny_store()
+    base = request(NAME, steps=10)
+    unguided, _ = run(store, base.replace(guidance_scale=0))
+    pictures = {s: run(store, base.replace(guidance_scale=s))[0].image for s in (250, 500, 5000)}
+    moved = [mean_abs_difference(pictures[s], unguided.image) for s in (250, 500, 5000)]
+    assert moved[0] < moved[1] < moved[2]
+    assert mean_abs_difference(pictures[500], pictures[5000]) > 0.01
+
+
+def test_the_guidance_step_grows_in_proportion_to_the_scale_capped_or_not() -> None:
+    big = torch.full((1, 3, 4, 4), 2.0)  # far above the cap
+    small = torch.full((1, 3, 4, 4), 1e-6)  # far below it
+
+    def rms(t: torch.Tensor) -> float:
+        return float(t.pow(2).mean().sqrt())
+
+    for grad in (big, small):
+        low = diffusion.guidance_gradient(grad, 500, 0.05)
+        high = diffusion.guidance_gradient(grad, 5000, 0.05)
+        assert rms(high) == pytest.approx(10 * rms(low))
+    assert rms(diffusion.guidance_gradient(big, 500, 0.05)) == pytest.approx(0.05)
+    assert torch.equal(diffusion.guidance_gradient(big, 3, 0), 3 * big)

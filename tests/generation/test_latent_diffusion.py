@@ -14,6 +14,7 @@ from tests.generation.generator_helpers import (  # noqa: F401 - one_torch_threa
     assert_progress_cadence,
     assert_same_seed_same_bytes,
     assert_similarity_rises,
+    mean_abs_difference,
     one_torch_thread,
     png_bytes,
     request,
@@ -149,3 +150,42 @@ def test_a_saved_pipeline_folder_loads_with_its_own_tokenizer(tmp_path) -> None:
     assert result.image.size == (32, 32)
     assert png_bytes(result) == png_bytes(again)
     assert result.metadata["latent_diffusion_model"] == tmp_path.name
+
+
+# --------------------------------------------------------------------------- init images and
+# guidance with the settings users get: the default gradient cap, strength and guidance scale.
+
+
+def test_a_variation_starts_from_its_parent(tmp_path) -> None:
+    """What the Variation button does: the finished picture as init image, a new seed. Random
+    parts neither denoise nor decode what they encode, so the picture cannot come out close to
+    the parent; what shows is how far the parent keeps it from the new seed's own picture, which
+    painting over everything (strength 1, what an init image used to get) does not."""
+    store = tiny_store()
+    base = request(NAME, steps=20)
+    parent, _ = run(store, base.replace(seed=1))
+    parent_path = tmp_path / "parent.png"
+    parent.image.save(parent_path)
+    varied = base.replace(seed=2, init_image=str(parent_path))
+    fresh, _ = run(store, base.replace(seed=2))
+    away = {
+        strength: mean_abs_difference(
+            run(store, varied.replace(strength=strength))[0].image, fresh.image
+        )
+        for strength in (None, 0.5, 1.0)
+    }
+    assert away[0.5] > away[None] > 3 * away[1.0]
+    default, _ = run(store, varied)
+    assert default.metadata["skip_steps"] == str(
+        round(20 * (1 - latent_diffusion.DEFAULT_STRENGTH))
+    )
+
+
+def test_guidance_scale_changes_the_picture_with_the_default_cap() -> None:
+    store = tiny_store()
+    base = request(NAME, steps=6)
+    unguided, _ = run(store, base.replace(guidance_scale=0))
+    pictures = {s: run(store, base.replace(guidance_scale=s))[0].image for s in (250, 500, 5000)}
+    moved = [mean_abs_difference(pictures[s], unguided.image) for s in (250, 500, 5000)]
+    assert moved[0] < moved[1] < moved[2]
+    assert mean_abs_difference(pictures[500], pictures[5000]) > 0.01
