@@ -8,7 +8,10 @@ CLIP re-ranks the candidates and the best is the picture. Seconds instead of hun
 Configured in the models TOML (paths relative to the TOML):
 
     [generators.clipgen]
-    model = "clipgen-coco"   # a dir saved by `python -m generation.train clipgen`, or "tiny"
+    model = "clipgen-coco"   # a dir saved by `python -m generation.train clipgen`, or "tiny" /
+                             # "random": random weights (noise; tests, benchmarks) of
+    preset = "tiny"          #   this size (clipgen_model.PRESETS) and
+    grid = 8                 #   this many token rows and columns, from a fixed seed
     vqgan = "imagenet_f16_16384"  # the [generators.vqgan.models] entry it was trained with
                              # (default: [generators.vqgan] default)
     candidates = 16          # pictures sampled per request; CLIP keeps the best
@@ -71,9 +74,10 @@ HOW_TO_GET = (
     "MODEL_DIR` and set model = MODEL_DIR under [generators.clipgen] in the models TOML "
     '(IMAGINE_MODELS), or model = "tiny" for a tiny random one (noise, for tests).'
 )
-# The tiny random model: an 8 x 8 token grid (64 px with the tiny VQGAN's factor 8).
+# Random models ("tiny", "random"): by default an 8 x 8 token grid (64 px with the tiny VQGAN's
+# factor 8), built from this seed.
 TINY_GRID = 8
-TINY_SEED = 0
+RANDOM_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Settings:
 
     model: str
     vqgan: str | None = None
+    preset: str = "tiny"
+    grid: int = TINY_GRID
     candidates: int = 16
     batch_size: int = 16
     temperature: float = 1.0
@@ -103,6 +109,8 @@ def settings(store: ModelStore) -> Settings:
         chosen = Settings(
             model=str(section["model"]),
             vqgan=section.get("vqgan"),
+            preset=str(section.get("preset", Settings.preset)),
+            grid=int(section.get("grid", Settings.grid)),
             candidates=int(section.get("candidates", Settings.candidates)),
             batch_size=int(section.get("batch_size", Settings.batch_size)),
             temperature=float(section.get("temperature", Settings.temperature)),
@@ -113,6 +121,8 @@ def settings(store: ModelStore) -> Settings:
     except (TypeError, ValueError) as error:
         raise BadRequest(f"{where}: {error}") from None
     checks = (
+        ("preset", chosen.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
+        ("grid", 1 <= chosen.grid <= 64, "between 1 and 64"),
         ("candidates", 1 <= chosen.candidates <= 1024, "between 1 and 1024"),
         ("batch_size", 1 <= chosen.batch_size <= 1024, "between 1 and 1024"),
         ("temperature", 0 < chosen.temperature <= 10, "above 0 and at most 10"),
@@ -132,8 +142,11 @@ def load(store: ModelStore) -> tuple[ClipGen, str]:
     chosen = settings(store)
     tokenizer = vqgan.load_model(store, chosen.vqgan)
     perceptor = store.perceptor()
-    if chosen.model == "tiny":
-        return store.get_or_load(f"{NAME}:tiny", lambda: (_tiny(store, tokenizer), "tiny"))
+    if chosen.model in ("tiny", "random"):
+        return store.get_or_load(
+            f"{NAME}:random:{chosen.preset}:{chosen.grid}:{tokenizer.name}",
+            lambda: (random_model(store, tokenizer, chosen.preset, chosen.grid), chosen.model),
+        )
     folder = Path(store.config.path(chosen.model))
     if not folder.is_dir():
         raise WeightsNotFound(f"clipgen model folder {folder} not found. {HOW_TO_GET}")
@@ -146,18 +159,20 @@ def load(store: ModelStore) -> tuple[ClipGen, str]:
     return store.get_or_load(f"{NAME}:{folder}:{tokenizer.name}", load_checked)
 
 
-def _tiny(store: ModelStore, tokenizer: vqgan.VQGAN) -> ClipGen:
-    """A tiny random model that fits the tiny VQGAN and the first CLIP, the same in every
-    process (built from TINY_SEED)."""
+def random_model(
+    store: ModelStore, tokenizer: vqgan.VQGAN, preset: str = "tiny", grid: int = TINY_GRID
+) -> ClipGen:
+    """A random model of ``preset``'s size and a ``grid`` x ``grid`` token grid that fits the
+    VQGAN and the first CLIP, the same in every process (built from RANDOM_SEED)."""
     cond_dim = store.perceptor().encode_text(["a"])[0].shape[-1]
     config = ClipGenConfig(
         vocab_size=tokenizer.codebook.shape[0],
-        grid_h=TINY_GRID,
-        grid_w=TINY_GRID,
+        grid_h=grid,
+        grid_w=grid,
         cond_dim=cond_dim,
-        **PRESETS["tiny"],
+        **PRESETS[preset],
     )
-    with store.seeded_init(TINY_SEED):
+    with store.seeded_init(RANDOM_SEED):
         model = ClipGen(config)
     return model.to(store.device).eval()
 

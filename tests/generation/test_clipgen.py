@@ -193,7 +193,7 @@ def test_refine_steps_run_the_vqgan_loop_from_the_best_candidate(monkeypatch) ->
 def _save_model(tmp_path, store, *, vqgan_model=None, clip=None) -> str:
     """A tiny model dir that records ``vqgan_model`` (default: the tiny preset's VQGAN)."""
     tokenizer = vqgan.load_model(store)
-    model = clipgen._tiny(store, tokenizer)
+    model = clipgen.random_model(store, tokenizer)
     meta = {
         "vqgan": clipgen_model.vqgan_fingerprint(vqgan_model or tokenizer),
         "clip": clip or clipgen_model.clip_fingerprint(store.perceptor()),
