@@ -183,10 +183,39 @@ def sample_tokens(
     return tokens
 
 
+# --------------------------------------------------------------------------- VQGAN tokens
+
+
+@torch.no_grad()
+def encode_tokens(vqgan: Any, images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [0, 1] -> VQGAN codes [B, H/f * W/f], row-major."""
+    h = vqgan.quant_conv(vqgan.encoder(images * 2 - 1))  # [B, D, h, w]
+    if vqgan.gumbel:
+        return vqgan.quantize.proj(h).argmax(dim=1).flatten(1)
+    flat = h.movedim(1, -1).float()  # [B, h, w, D]
+    codebook = vqgan.codebook.float()  # [N, D]
+    distances = (
+        flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(-1)
+    )  # [B, h, w, N]
+    return distances.argmin(-1).flatten(1)
+
+
+def tokens_to_latents(vqgan: Any, tokens: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """codes [B, T] -> quantised latents [B, D, grid_h, grid_w] (what VQGAN.decode takes)."""
+    latents = vqgan.codebook[tokens]  # [B, T, D]
+    return latents.view(tokens.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2)
+
+
+def decode_tokens(vqgan: Any, tokens: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """codes [B, T] -> images [B, 3, grid_h*f, grid_w*f] in [0, 1]."""
+    decoded = vqgan.decode(tokens_to_latents(vqgan, tokens, grid_h, grid_w))
+    return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+
 # --------------------------------------------------------------------------- saving, loading
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via ``write(temp_path)``, flush to disk, then rename over ``path``."""
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -212,7 +241,7 @@ def save_model(model: ClipGen, meta: dict[str, Any], out_dir: str | Path) -> Non
         for k, v in model.state_dict().items()
         if k != "gpt.lm_head.weight"
     }
-    _atomic_write(
+    atomic_write(
         out_dir / WEIGHTS_FILE,
         lambda p: save_file(state, str(p), metadata={"format": FORMAT, "save_id": save_id}),
     )
@@ -223,7 +252,7 @@ def save_model(model: ClipGen, meta: dict[str, Any], out_dir: str | Path) -> Non
         "meta": meta,
     }
     text = json.dumps(document, indent=2, sort_keys=True)
-    _atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def read_model_config(model_dir: str | Path) -> tuple[ClipGenConfig, dict[str, Any], str]:
