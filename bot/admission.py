@@ -64,6 +64,10 @@ BLOCKED_MESSAGE = (
     "Your prompt contains a word or phrase that this server's moderators have blocked, so no "
     "picture was made. Rephrase it and try again."
 )
+GLOBALLY_BLOCKED_MESSAGE = (
+    "Your prompt contains a word or phrase that this bot does not paint anywhere, so no "
+    "picture was made. Rephrase it and try again."
+)
 
 
 class BlockedTermsPolicy:
@@ -85,17 +89,21 @@ class BlockedTermsPolicy:
         return await self._reads.get(guild_id)
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
-        if guild_id is None:
-            return None
-        terms = await self.terms(guild_id)
-        if not terms:
-            return None
-        # Off the loop: compiling a guild's list for the first time takes a few hundred
-        # milliseconds for hundreds of terms, and a long hostile prompt some milliseconds more.
-        hit = await asyncio.to_thread(find_blocked, prompt, terms)
-        if hit is None:
-            return None
-        return Refusal(BLOCKED_MESSAGE, rule=f"term:{hit.normalized}")
+        # The guild's terms, then the operator's global ones (db.GLOBAL_SCOPE), which apply
+        # everywhere, direct messages included.
+        scopes = [(db.GLOBAL_SCOPE, GLOBALLY_BLOCKED_MESSAGE)]
+        if guild_id is not None:
+            scopes.insert(0, (guild_id, BLOCKED_MESSAGE))
+        for scope, message in scopes:
+            terms = await self.terms(scope)
+            if not terms:
+                continue
+            # Off the loop: compiling a guild's list for the first time takes a few hundred
+            # milliseconds for hundreds of terms, and a long hostile prompt some ms more.
+            hit = await asyncio.to_thread(find_blocked, prompt, terms)
+            if hit is not None:
+                return Refusal(message, rule=f"term:{hit.normalized}")
+        return None
 
 
 class PolicyChain:

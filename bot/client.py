@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bot.admission import Admission, BlockedTermsPolicy, PolicyChain
 from bot.delivery import Delivery
-from bot.jobs import JobService
+from bot.jobs import DMS_OFF, JobService
 from bot.progress import ReplyManager
 from bot.replies import JobReplySink
 from bot.retention import RetentionSweeper
@@ -103,6 +103,7 @@ class ImagineBot(commands.Bot):
         )
         self.downloads: aiohttp.ClientSession | None = None
         self.tree.on_error = self._on_app_command_error
+        self.tree.interaction_check = self._interaction_allowed  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
         self.downloads = aiohttp.ClientSession()
@@ -135,6 +136,17 @@ class ImagineBot(commands.Bot):
         if self.downloads is not None:
             await self.downloads.close()
         await super().close()
+
+    async def _interaction_allowed(self, interaction: discord.Interaction[Any]) -> bool:
+        """Commands in direct messages only when the operator allows them (allow_dms)."""
+        if interaction.guild_id is not None or self.settings.allow_dms:
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            try:
+                await interaction.response.send_message(DMS_OFF, ephemeral=True)
+            except discord.HTTPException as error:
+                log.warning("could not refuse a command in a DM: %s", error)
+        return False
 
     async def _on_app_command_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError

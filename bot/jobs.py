@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # (Discord integer options stop at 2**53).
 SEED_RANGE = 2**32
 
+DMS_OFF = "This bot does not take commands in direct messages. Use it in a server it is in."
 NOT_YOURS = (
     "Only the person who asked for this picture, or a moderator, can cancel it. "
     "You can make your own with /imagine."
@@ -255,6 +256,9 @@ class JobService:
     async def on_button(
         self, interaction: discord.Interaction[Any], job_id: int, action: str
     ) -> None:
+        if interaction.guild_id is None and not self._settings.allow_dms:
+            await self.refuse(interaction, DMS_OFF)
+            return
         job = await db.get_job(self._conn, job_id)
         if job is None:
             await self.refuse(interaction, "This picture is no longer known to the bot.")

@@ -54,6 +54,10 @@ CONCEPT_REFUSAL = (
     "Your prompt is too close to a subject this server's moderators have blocked, so no picture "
     "was made. Rephrase it and try again."
 )
+GLOBAL_CONCEPT_REFUSAL = (
+    "Your prompt is too close to a subject this bot does not paint anywhere, so no picture was "
+    "made. Rephrase it and try again."
+)
 CHECK_UNAVAILABLE = (
     "This server checks prompts against blocked subjects, and the check could not run just now "
     "(the GPU is busy). Please try again in a moment."
@@ -224,20 +228,36 @@ class ConceptPolicy:
         return [Concept(row.text, np.asarray(row.embedding, dtype=np.float32)) for row in rows]
 
     async def check_prompt(self, guild_id: int | None, prompt: str) -> Refusal | None:
-        if guild_id is None:
-            return None
-        rows = await db.list_blocked_concepts(self._conn, guild_id)
-        if not rows:
+        # The guild's concepts with its threshold, then the operator's global ones
+        # (db.GLOBAL_SCOPE, the default threshold), which apply everywhere, DMs included.
+        scopes: list[tuple[int, list[db.BlockedConcept]]] = []
+        if guild_id is not None:
+            scopes.append((guild_id, await db.list_blocked_concepts(self._conn, guild_id)))
+        scopes.append(
+            (db.GLOBAL_SCOPE, await db.list_blocked_concepts(self._conn, db.GLOBAL_SCOPE))
+        )
+        scopes = [(scope, rows) for scope, rows in scopes if rows]
+        if not scopes:
             return None  # most guilds: no GPU work at all
         try:
             vectors = await self.embedder.embed(prompt_texts(prompt))
-            concepts = await self.current_concepts(rows, dimension=int(vectors[0].shape[0]))
+            dimension = int(vectors[0].shape[0])
+            for scope, rows in scopes:
+                concepts = await self.current_concepts(rows, dimension=dimension)
+                if scope == db.GLOBAL_SCOPE:
+                    threshold, message = self.default_threshold, GLOBAL_CONCEPT_REFUSAL
+                else:
+                    threshold, message = await self.threshold(scope), CONCEPT_REFUSAL
+                hit = strongest_hit(vectors, concepts, threshold)
+                if hit is not None:
+                    concept, similarity = hit
+                    log.info(
+                        "prompt refused in %s: concept similarity %.3f",
+                        "a DM" if guild_id is None else f"guild {guild_id}",
+                        similarity,
+                    )
+                    return Refusal(message, rule=f"concept:{concept.text}")
         except EmbeddingUnavailable as error:
             log.warning("concept check of a prompt in guild %s could not run: %s", guild_id, error)
             return Refusal(CHECK_UNAVAILABLE)
-        hit = strongest_hit(vectors, concepts, await self.threshold(guild_id))
-        if hit is None:
-            return None
-        concept, similarity = hit
-        log.info("prompt refused in guild %s: concept similarity %.3f", guild_id, similarity)
-        return Refusal(CONCEPT_REFUSAL, rule=f"concept:{concept.text}")
+        return None
