@@ -150,8 +150,14 @@ def request_from_spec(spec: JobSpec | Job, *, progress_every: int = 10) -> Gener
         noise_prompts=tuple(spec.noise_prompts),
         guidance_scale=_DEFAULT_GUIDANCE if spec.guidance_scale is None else spec.guidance_scale,
         skip_steps=spec.skip_steps,
+        # Kept in the row's extra parameters (the schema has no column for it).
+        strength=_optional_float(spec.extra.get("strength")),
         progress_every=progress_every,
     )
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 class Admission:

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-weight", type=float, default=0.0, help="keep pulling toward the init image"
     )
     parser.add_argument(
+        "--strength",
+        type=float,
+        help="diffusion generators: how much of the init image to paint over, above 0 to 1 "
+        "(default: the generator's, 0.5 pixel diffusion, 0.75 latent diffusion)",
+    )
+    parser.add_argument(
         "--image-prompt",
         action="append",
         default=[],
@@ -158,6 +164,7 @@ def request_from_args(
         optimizer=args.optimizer,
         init_image=args.init_image,
         init_weight=args.init_weight,
+        strength=args.strength,
         image_prompts=tuple(args.image_prompt),
         noise_prompts=tuple(args.noise_prompt),
         progress_every=1,

@@ -49,7 +49,8 @@ def size_label(size: str) -> str:
 
 def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, Any]:
     settings = cog.bot.settings
-    generators = cog.bot.worker.generator_names()
+    # Only the generators the operator allows (IMAGINE_GENERATORS), the default first.
+    generators = settings.generators or cog.bot.worker.generator_names()
     size_choices = [
         app_commands.Choice(name=size_label(size), value=size) for size in settings.sizes[:25]
     ]
@@ -66,6 +67,8 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         generator="How the picture is made",
         init_image="An image to start from",
         image_prompt="An image whose look the picture should have",
+        strength="Diffusion generators: how much of the init image to paint over, 0.01-1 "
+        "(default 0.5 pixel, 0.75 latent)",
     )
     @app_commands.choices(size=size_choices, generator=generator_choices)
     async def imagine(
@@ -77,6 +80,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         generator: str | None = None,
         init_image: discord.Attachment | None = None,
         image_prompt: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.01, 1.0] | None = None,
     ) -> None:
         await cog.imagine(
             interaction,
@@ -87,6 +91,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
             generator=generator,
             init_image=init_image,
             image_prompt=image_prompt,
+            strength=strength,
         )
 
     return imagine
@@ -114,11 +119,19 @@ class ImagineCog(commands.Cog):
         generator: str | None,
         init_image: discord.Attachment | None,
         image_prompt: discord.Attachment | None,
+        strength: float | None = None,
     ) -> None:
         settings = self.bot.settings
         jobs = self.bot.jobs
         width, height = parse_size(size) if size else settings.default_size
-        generators = self.bot.worker.generator_names()
+        generators = settings.generators or self.bot.worker.generator_names()
+        if generator is not None and generator not in generators:
+            await jobs.refuse(
+                interaction,
+                f"The {generator} generator is not enabled on this bot; choose one of: "
+                f"{', '.join(generators)}.",
+            )
+            return
         spec = db.JobSpec(
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
@@ -129,7 +142,13 @@ class ImagineCog(commands.Cog):
             width=width,
             height=height,
             generator=generator or (generators[0] if generators else "vqgan"),
+            cutn=settings.default_cutn,
         )
+        # A strength is checked together with its init image, which has a path only once it is
+        # downloaded; without one, admission refuses it and says why.
+        with_strength = {} if strength is None else {"strength": strength}
+        if init_image is None:
+            spec = spec.replace(extra=with_strength)
         attachments = [
             (a, what)
             for a, what in ((init_image, "init image"), (image_prompt, "image prompt"))
@@ -182,6 +201,7 @@ class ImagineCog(commands.Cog):
         spec = spec.replace(
             init_image=paths.get("init image"),
             image_prompts=(paths["image prompt"],) if "image prompt" in paths else (),
+            extra={**spec.extra, **with_strength},
         )
         if await jobs.submit(interaction, spec, deferred=True) is None:
             # Refused after all (a limit reached meanwhile): keep nothing of it.

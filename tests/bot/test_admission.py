@@ -161,6 +161,17 @@ def test_request_from_spec_keeps_every_parameter() -> None:
     assert (request.seed, request.steps, request.width) == (3, 10, 64)
 
 
+def test_a_strength_travels_in_the_rows_extra_parameters() -> None:
+    varied = request_from_spec(spec(init_image="/data/in.png", extra={"strength": 0.4}))
+    assert varied.strength == 0.4
+    assert request_from_spec(spec(init_image="/data/in.png")).strength is None  # the default
+
+
+async def test_a_strength_without_an_init_image_is_refused_saying_why(conn: object) -> None:
+    with pytest.raises(Refused, match="init image"):
+        await admission(conn).admit(spec(extra={"strength": 0.4}))
+
+
 async def test_next_read_shares_reads_and_never_serves_a_stale_one() -> None:
     value = 0
     started = asyncio.Event()

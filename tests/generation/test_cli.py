@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
         (["a fox", "-o", "x.png", "--noise-prompt", "x:y"], "SEED:WEIGHT"),
         (["a fox", "-o", "x.png", "--optimizer", "lbfgs"], "invalid choice"),
         (["a fox", "-o", "x.png", "--device", "gpu0"], "unknown device"),
+        (["a fox", "-o", "x.png", "--strength", "0.5"], "give one too"),
+        (["a fox", "-o", "x.png", "--init-image", "i.png", "--strength", "2"], "at most 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv, message) -> None:
