@@ -21,6 +21,7 @@ from bot.settings import Settings, SettingsError, configure_logging, load_settin
 
 if TYPE_CHECKING:
     from generation.worker import GpuWorker
+    from generation.workers import Workers
 
 log = logging.getLogger("bot")
 
@@ -46,6 +47,25 @@ async def lower_worker_priority(worker: GpuWorker, niceness: int) -> None:
         log.info("could not lower the worker thread's priority on this system")
 
 
+def make_workers(settings: Settings) -> Workers:
+    """The local GPU thread, or a pool of Ray painters (IMAGINE_WORKERS=ray); Ray is imported
+    only in the second case."""
+    if settings.workers == "ray":
+        from generation.ray_pool import RayPool
+
+        return RayPool(
+            settings.models,
+            workers=settings.ray_workers,
+            gpus=settings.ray_gpus,
+            address=settings.ray_address,
+            device=settings.device,
+            job_timeout=settings.job_timeout,
+        )
+    from generation.worker import GpuWorker
+
+    return GpuWorker(settings.models, device=settings.device, job_timeout=settings.job_timeout)
+
+
 async def run(settings: Settings) -> int:
     # Imported here so that `python -m bot` with a bad setting fails fast, before torch loads.
     from bot.client import ImagineBot, point_discord_at
@@ -53,11 +73,12 @@ async def run(settings: Settings) -> int:
 
     point_discord_at(settings)
     conn = await db.connect(settings.db_path)
-    worker = GpuWorker(settings.models, device=settings.device)
+    worker = make_workers(settings)
     try:
         log.info("loading models (%s)", settings.models or "built-in defaults")
         await worker.start()
-        await lower_worker_priority(worker, settings.worker_niceness)
+        if isinstance(worker, GpuWorker):
+            await lower_worker_priority(worker, settings.worker_niceness)
         log.info("models loaded on %s", settings.device or "the default device")
         bot = ImagineBot(settings, conn, worker)
         loop = asyncio.get_running_loop()

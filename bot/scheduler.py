@@ -1,9 +1,12 @@
-"""The consumer: takes jobs from the database in fair order and drives the GPU worker.
+"""The consumer: takes jobs from the database in fair order and drives the workers.
 
-One job at a time goes to the worker; the next is taken from the database only when the GPU is
-free, so the fair order (round-robin across users, decided by ``db.take_next_job``) holds at the
-moment it matters. Finishing a job (saving the PNG, the final edit, the status in the database)
-happens in a background task, so a slow Discord never keeps the GPU idle.
+As many jobs run at once as the workers have room for (``capacity``: one for the local GPU
+thread, one per Ray painter); the next is taken from the database only when a worker is free, so
+the fair order (round-robin across users, decided by ``db.take_next_job``) holds at the moment it
+matters. A job whose worker was lost (``WorkerLost``: a painter killed, a node gone, a hang past
+the time limit on Ray) goes back to the front of the queue and its message says it will resume.
+Finishing a job (saving the PNG, the final edit, the status in the database) happens in a
+background task, so a slow Discord never keeps the GPU idle.
 
 Crash safety: a job row stays ``running`` until its picture is saved; it then becomes ``done``
 with delivery ``pending`` before the final edit is sent (so the buttons of a picture on screen
@@ -16,6 +19,7 @@ seed, same image). A graceful shutdown leaves the running job ``running`` for th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -33,7 +37,8 @@ from bot.delivery import UNCHECKED, Delivery, render_result
 from bot.progress import ReplyManager
 from db import Job
 from generation.errors import GenerationCancelled, GenerationError
-from generation.worker import FinishedImage, GpuWorker, ProgressFrame
+from generation.worker import FinishedImage, ProgressFrame
+from generation.workers import WorkerLost, Workers
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,16 @@ class _Running:
     job: Job
     done: bool = False
     last_recorded: float = 0.0
+
+
+def resumed(job: Job, position: int | None, reason: str) -> render.Rendered:
+    """The job's worker was lost; the job waits again and will start over."""
+    waiting = render.restarted(job, position)
+    content = (
+        f"{reason[:1].upper()}{reason[1:]}; your picture is back in the queue "
+        f"({render.ordinal_place(position)}) and will resume, starting over from step 0."
+    )
+    return dataclasses.replace(waiting, content=content)
 
 
 def output_path(output_dir: Path, job: Job) -> Path:
@@ -79,7 +94,7 @@ class Scheduler:
     def __init__(
         self,
         conn: aiosqlite.Connection,
-        worker: GpuWorker,
+        worker: Workers,
         replies: ReplyManager,
         *,
         output_dir: Path,
@@ -100,7 +115,8 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
-        self._current: tuple[int, object] | None = None  # (job id, JobHandle)
+        self._runs: set[asyncio.Task[None]] = set()  # one per job taken, until it has ended
+        self._current: dict[int, object] = {}  # job id -> its Handle, while it runs
         self._aborted: OrderedDict[int, None] = OrderedDict()
         # Observers (tests, the benchmark): called with the job id when a job is finished.
         self.on_job_finished: list[Callable[[int, str], None]] = []
@@ -129,9 +145,9 @@ class Scheduler:
     def abort(self, job_id: int) -> bool:
         """Stop a job that was cancelled in the database. True if it was running here (its
         final "cancelled" edit then comes from the scheduler)."""
-        current = self._current
-        if current is not None and current[0] == job_id:
-            current[1].cancel()  # type: ignore[attr-defined]
+        handle = self._current.get(job_id)
+        if handle is not None:
+            handle.cancel()  # type: ignore[attr-defined]
             return True
         # Taken but not yet submitted, or not taken at all: remember it (bounded).
         self._aborted[job_id] = None
@@ -141,21 +157,28 @@ class Scheduler:
 
     @property
     def current_job_id(self) -> int | None:
-        return None if self._current is None else self._current[0]
+        """The oldest running job (one worker: the running job)."""
+        return min(self._current, default=None)
+
+    @property
+    def running_job_ids(self) -> list[int]:
+        return sorted(self._current)
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Stop taking jobs. The running job stays ``running`` in the database (it is put back
         on the queue at the next start); finishing edits get ``grace`` seconds."""
         self._stopping = True
         self._wake.set()
-        current = self._current
-        if current is not None:
-            current[1].cancel()  # type: ignore[attr-defined]  # stops within one step
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=grace)
-            if not done:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        for handle in self._current.values():
+            handle.cancel()  # type: ignore[attr-defined]  # stops within one step
+        waited = {self._task} if self._task is not None else set()
+        waited |= self._runs
+        if waited:
+            _, pending = await asyncio.wait(waited, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         if self._background:
             _, pending = await asyncio.wait(list(self._background), timeout=grace)
             for task in pending:
@@ -173,6 +196,9 @@ class Scheduler:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            if len(self._runs) >= max(1, self._worker.capacity):
+                await self._wake.wait()  # a job ended (its task sets the event)
+                continue
             try:
                 job = await db.take_next_job(self._conn)
             except Exception:
@@ -184,7 +210,15 @@ class Scheduler:
                 except TimeoutError:
                     pass
                 continue
-            await self._run(job)
+            run = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            self._runs.add(run)
+            run.add_done_callback(self._run_ended)
+
+    def _run_ended(self, run: asyncio.Task[None]) -> None:
+        self._runs.discard(run)
+        if not run.cancelled() and run.exception() is not None:
+            log.error("running a job failed", exc_info=run.exception())
+        self._wake.set()
 
     async def _run(self, job: Job) -> None:
         if self._stopping:
@@ -207,13 +241,15 @@ class Scheduler:
 
         self._replies.update(job, render.running(job))
         handle = self._worker.submit(request, on_progress, job_id=job.id)
-        self._current = (job.id, handle)
+        self._current[job.id] = handle
         outcome: tuple[str, str | FinishedImage]
         try:
             finished = await handle.wait()
             outcome = ("done", finished)
         except GenerationCancelled:
             outcome = ("cancelled", "")
+        except WorkerLost as lost:
+            outcome = ("lost", str(lost))
         except GenerationError as error:
             outcome = ("failed", str(error))
         except Exception as error:  # the worker wraps errors; this is a last line of defence
@@ -221,7 +257,7 @@ class Scheduler:
             outcome = ("failed", f"internal error ({type(error).__name__}); the job failed")
         finally:
             state.done = True
-            self._current = None
+            self._current.pop(job.id, None)
         if self._stopping:
             # Shutting down: leave the row running; it is put back on the queue at next start.
             return
@@ -232,9 +268,30 @@ class Scheduler:
             self._spawn(self._finish_done(job, value))
         elif kind == "cancelled":
             self._spawn(self._finish_cancelled(job))
+        elif kind == "lost":
+            assert isinstance(value, str)
+            await self._requeue_lost(job, value)
         else:
             assert isinstance(value, str)
             self._spawn(self._finish_failed(job, value))
+
+    async def _requeue_lost(self, job: Job, reason: str) -> None:
+        """The worker died under the job: back to the front of the queue (or failed after
+        max_attempts), and the user is told it will resume. Awaited before the slot is free,
+        so the requeued job is the next one taken."""
+        try:
+            row = await db.requeue_job(self._conn, job.id, max_attempts=self._max_attempts)
+        except Exception:
+            log.exception("could not put job %s back on the queue", job.id)
+            return  # left 'running': the next start puts it back
+        if row is None:
+            self._spawn(self._finish_cancelled(job))  # cancelled while its worker died
+        elif row.status == "failed":
+            self._spawn(self._finish_failed(job, row.error or reason))
+        else:
+            log.warning("job %s: %s; back on the queue", job.id, reason)
+            position = await db.queue_position(self._conn, job.id)
+            self._replies.update(job, resumed(job, position, reason))
 
     async def _record_progress(self, job_id: int, step: int, total: int) -> None:
         try:

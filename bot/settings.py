@@ -11,6 +11,7 @@ interaction tokens inside webhook URLs) from every log record.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 
 from bot.attachments import DISCORD_CDN_ORIGINS, check_origin
 from bot.moderation.image_check import DEFAULT_IMAGE_THRESHOLD
+from generation.workers import RAY_MISSING
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -94,6 +96,18 @@ class Settings:
     # Tests add the fake Discord's address; widening it in production lets users point the bot
     # at any server.
     attachment_origins: tuple[str, ...] = DISCORD_CDN_ORIGINS
+    # Who paints: "local" (one GPU thread in this process) or "ray" (ray_workers actors, each
+    # asking Ray for ray_gpus GPUs, 0 = CPU workers; ray_address: a cluster to join, None starts
+    # a local one). See README "Several GPUs (Ray)".
+    workers: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 1
+    ray_gpus: float = 1.0
+    # Seconds a job may paint before it is stopped (a stuck download or kernel must not hold a
+    # worker forever); a 1000-step 512 px VQGAN picture takes minutes on a GPU.
+    job_timeout: float = 3600.0
+    # /rank answers per user per minute (each is a CLIP call on a worker).
+    rank_per_minute: int = 6
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -136,6 +150,7 @@ class Settings:
                 raise SettingsError(f"attachment_origins: {error}") from None
         if not 0 <= self.worker_niceness <= 19:
             raise SettingsError(f"worker_niceness must be 0 to 19, not {self.worker_niceness}")
+        self._check_workers()
         if self.token_margin < 0 or self.token_margin >= self.token_lifetime:
             raise SettingsError("token_margin must be 0 or more and below token_lifetime")
         if self.default_steps > self.max_steps:
@@ -146,6 +161,18 @@ class Settings:
             raise SettingsError("sizes is empty; give at least one size like 256x256")
         for size in self.sizes:
             parse_size(size)
+
+    def _check_workers(self) -> None:
+        if self.workers not in ("local", "ray"):
+            raise SettingsError(f"IMAGINE_WORKERS must be local or ray, not {self.workers!r}")
+        if self.ray_workers < 1 or self.rank_per_minute < 1:
+            raise SettingsError("ray_workers and rank_per_minute must be 1 or more")
+        if self.ray_gpus < 0:
+            raise SettingsError(f"ray_gpus must be 0 (CPU workers) or more, not {self.ray_gpus}")
+        if self.job_timeout <= 0:
+            raise SettingsError(f"job_timeout must be above 0 seconds, not {self.job_timeout}")
+        if self.workers == "ray" and importlib.util.find_spec("ray") is None:
+            raise SettingsError(RAY_MISSING)
 
     @property
     def input_dir(self) -> Path:
@@ -196,6 +223,12 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_RETENTION_MAX_GB": "retention_max_gb",
     "IMAGINE_ALLOW_DMS": "allow_dms",
     "IMAGINE_ATTACHMENT_ORIGINS": "attachment_origins",
+    "IMAGINE_WORKERS": "workers",
+    "IMAGINE_RAY_ADDRESS": "ray_address",
+    "IMAGINE_RAY_WORKERS": "ray_workers",
+    "IMAGINE_RAY_GPUS": "ray_gpus",
+    "IMAGINE_JOB_TIMEOUT": "job_timeout",
+    "IMAGINE_RANK_PER_MINUTE": "rank_per_minute",
     "IMAGINE_LOG_LEVEL": "log_level",
 }
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}

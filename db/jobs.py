@@ -314,3 +314,35 @@ async def cancel_user_jobs(
                 conn, guild_id, actor_id, "purge", str(user_id), f"{len(ids)} jobs cancelled", at
             )
         return await fetch_jobs(conn, ids)
+
+
+async def requeue_job(
+    conn: aiosqlite.Connection, job_id: int, *, max_attempts: int = 3, now: float | None = None
+) -> Job | None:
+    """A running job whose worker was lost (the bot itself lives on) goes back to 'queued', to
+    the front of the queue like a job interrupted by a restart, or becomes 'failed' once it was
+    taken ``max_attempts`` times. The job with its new status; None when it was no longer
+    running (cancelled meanwhile)."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be 1 or more, not {max_attempts}")
+    async with transaction(conn):
+        cursor = await conn.execute(
+            "UPDATE jobs SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'queued' END,"
+            " finished_at = CASE WHEN attempts >= ? THEN ? ELSE NULL END,"
+            " error = CASE WHEN attempts >= ? THEN ? ELSE error END,"
+            " started_at = NULL, last_step = 0, progress_at = NULL"
+            " WHERE id = ? AND status = 'running'",
+            (
+                max_attempts,
+                max_attempts,
+                now_or(now),
+                max_attempts,
+                f"The worker painting this picture was lost {max_attempts} times; it was not "
+                "tried again. Try a smaller size or fewer steps.",
+                job_id,
+            ),
+        )
+        job = await fetch_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job if cursor.rowcount else None

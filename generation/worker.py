@@ -251,6 +251,11 @@ class GpuWorker:
         return self._current is not None
 
     @property
+    def max_waiting_calls(self) -> int:
+        """Short calls that may wait at once; one more fails with WorkerBusy."""
+        return self._gate.limit
+
+    @property
     def capacity(self) -> int:
         """Jobs this worker runs at once."""
         return 1

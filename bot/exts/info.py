@@ -14,13 +14,26 @@ from bot import render
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
+    from generation.workers import WorkersStatus
+
+
+def workers_text(status: WorkersStatus) -> str:
+    """ "2 of 2 up, 1 busy (ray)": how many workers can paint and how many do now."""
+    down = f", {status.total - status.up} restarting" if status.up < status.total else ""
+    return f"{status.up} of {status.total} up, {status.busy} busy{down} ({status.kind})"
 
 
 def info_lines(
-    facts: dict[str, str], stats: db.QueueStats, uptime: float, running_job: int | None
+    facts: dict[str, str],
+    stats: db.QueueStats,
+    uptime: float,
+    running_job: int | None,
+    workers: WorkersStatus | None = None,
 ) -> list[str]:
     """The /info text, one fact per line (pure, so it is tested without Discord)."""
     lines = [f"**{key.replace('_', ' ').capitalize()}**: {value}" for key, value in facts.items()]
+    if workers is not None:
+        lines.append(f"**Workers**: {workers_text(workers)}")
     painting = f" (picture #{running_job})" if running_job is not None else ""
     lines += [
         f"**Queue**: {stats.queued} waiting, {stats.running} painting{painting}",
@@ -43,6 +56,7 @@ class InfoCog(commands.Cog):
             stats,
             time.time() - self.bot.started_at,
             self.bot.scheduler.current_job_id,
+            self.bot.worker.status(),
         )
         embed = discord.Embed(
             title="CLIP imagine bot", description="\n".join(lines), color=render.COLOR_QUEUED

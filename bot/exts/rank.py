@@ -10,6 +10,10 @@ No ``from __future__ import annotations``: discord.py reads the command's annota
 
 import asyncio
 import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -20,6 +24,7 @@ import db
 from bot import render
 from bot.attachments import AttachmentError, check_declared, decode_check, download
 from generation.errors import GenerationError
+from generation.workers import WorkerBusy
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -31,6 +36,33 @@ log = logging.getLogger(__name__)
 MAX_CAPTIONS = 25
 MAX_CAPTION_CHARS = 300
 BAR_WIDTH = 12
+RATE_WINDOW = 60.0  # seconds; the limit is rank_per_minute answers per user in this window
+
+
+class RateLimiter:
+    """At most ``limit`` uses per user in any ``window`` seconds (a sliding window, in memory:
+    a restart forgets it, which costs at most one window of extra /rank calls)."""
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._uses: dict[int, deque[float]] = {}
+
+    def try_use(self, user_id: int) -> float | None:
+        """Count a use and return None, or return the seconds until the user may try again."""
+        now = self._clock()
+        uses = self._uses.setdefault(user_id, deque())
+        while uses and uses[0] <= now - self.window:
+            uses.popleft()
+        if len(uses) >= self.limit:
+            return uses[0] + self.window - now
+        uses.append(now)
+        if len(self._uses) > 10_000:  # forget users whose window has passed
+            self._uses = {u: d for u, d in self._uses.items() if d and d[-1] > now - self.window}
+        return None
 
 
 class CaptionError(ValueError):
@@ -74,6 +106,7 @@ def ranking_lines(ranked: list[tuple[str, float]]) -> list[str]:
 class RankCog(commands.Cog):
     def __init__(self, bot: "ImagineBot") -> None:
         self.bot = bot
+        self.limiter = RateLimiter(bot.settings.rank_per_minute, RATE_WINDOW)
 
     @app_commands.command(
         name="rank", description="Which caption fits an image best, according to CLIP"
@@ -102,12 +135,25 @@ class RankCog(commands.Cog):
                 ephemeral=True,
             )
             return
+        wait = self.limiter.try_use(interaction.user.id)
+        if wait is not None:
+            await interaction.response.send_message(
+                f"You can rank {self.limiter.limit} images a minute; try again in "
+                f"{math.ceil(wait)} s.",
+                ephemeral=True,
+            )
+            return
         # Downloading and the GPU may take longer than Discord's 3 seconds.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             ranked = await self._rank(image, parsed)
         except AttachmentError as error:
             await interaction.edit_original_response(content=str(error))
+            return
+        except WorkerBusy:
+            await interaction.edit_original_response(
+                content="The painters are busy with other requests; try /rank again in a moment."
+            )
             return
         except GenerationError as error:
             await interaction.edit_original_response(
@@ -130,7 +176,11 @@ class RankCog(commands.Cog):
         settings = self.bot.settings
         assert self.bot.downloads is not None
         data = await download(
-            self.bot.downloads, image.url, max_bytes=settings.max_attachment_bytes, what="image"
+            self.bot.downloads,
+            image.url,
+            max_bytes=settings.max_attachment_bytes,
+            what="image",
+            origins=settings.attachment_origins,
         )
         await asyncio.to_thread(
             decode_check, data, max_pixels=settings.max_image_pixels, what="image"
