@@ -177,6 +177,9 @@ class Admission:
         self.policy = policy
         self._known_generators = known_generators
         self._global_queue_cap = global_queue_cap
+        # A burst of commands commits its job rows together (group commit), each caller
+        # answered once its own row is stored.
+        self._admitter = db.JobAdmitter(conn, global_queue_cap=global_queue_cap)
 
     def check_parameters(self, spec: JobSpec) -> None:
         """Step 1: the engine's checks; raises Refused with its message."""
@@ -219,7 +222,7 @@ class Admission:
         self.check_parameters(spec)
         await self.check_policy(spec)
         try:
-            return await db.create_job(self._conn, spec, global_queue_cap=self._global_queue_cap)
+            return await self._admitter.create_job(spec)
         except db.AdmissionRefused as error:
             raise Refused(Refusal(error.message)) from None
 

@@ -4,6 +4,7 @@ Imports neither discord nor torch nor any other package of this project. Every f
 the connection from ``connect()`` and returns frozen dataclasses; see db/README.md.
 """
 
+from db.admissions import Admit, JobAdmitter, admit_jobs
 from db.connection import connect, transaction
 from db.delivery import (
     DELIVERY_STATES,
@@ -85,6 +86,9 @@ from db.queue import fair_queue, queue_position, queued_jobs_for_user, running_j
 from db.settings import UNSET, get_guild_settings, set_guild_settings
 
 __all__ = [
+    "Admit",
+    "JobAdmitter",
+    "admit_jobs",
     "DELIVERY_STATES",
     "IMAGE_VERDICTS",
     "files_in_use",

@@ -8,15 +8,12 @@ overwriting the newer state.
 
 from __future__ import annotations
 
-import json
-import sqlite3
-
 import aiosqlite
 
 from db._rows import fetch_all, fetch_job, fetch_jobs, now_or, placeholders
+from db.admissions import Admit, admit_jobs
 from db.connection import transaction
-from db.errors import JobNotFound, UserBanned
-from db.limits import check_limits
+from db.errors import JobNotFound
 from db.models import (
     DEFAULT_GLOBAL_QUEUE_CAP,
     DEFAULT_LIMITS,
@@ -25,45 +22,9 @@ from db.models import (
     JobSpec,
     Limits,
 )
-from db.moderation import fetch_ban
 from db.modlog import insert_modlog
-from db.settings import fetch_settings
 
 MAX_ERROR = 1500  # fits in a Discord message with room for the rest of the reply
-
-_SPEC_COLUMNS = (
-    "kind",
-    "parent_job_id",
-    "user_id",
-    "guild_id",
-    "channel_id",
-    "prompt",
-    "seed",
-    "steps",
-    "width",
-    "height",
-    "generator",
-    "cutn",
-    "cut_pow",
-    "learning_rate",
-    "optimizer",
-    "init_image",
-    "init_weight",
-    "image_prompts",
-    "noise_prompts",
-    "guidance_scale",
-    "skip_steps",
-    "extra",
-)
-
-
-def _spec_values(spec: JobSpec) -> tuple[object, ...]:
-    encoded = {
-        "image_prompts": json.dumps(list(spec.image_prompts)),
-        "noise_prompts": json.dumps([list(pair) for pair in spec.noise_prompts]),
-        "extra": json.dumps(dict(spec.extra)),
-    }
-    return tuple(encoded.get(name, getattr(spec, name)) for name in _SPEC_COLUMNS)
 
 
 async def create_job(
@@ -81,39 +42,19 @@ async def create_job(
     per user, waiting per guild, global cap). The guild's limits are read under the same lock, so
     a concurrent /limits change is either wholly before or wholly after this admission.
     ``enforce_limits=False`` (e.g. for the bot's owner) skips the limits but never the ban.
+    A burst of admissions commits faster through ``db.JobAdmitter`` (db/admissions.py).
     """
     spec.check()
-    at = now_or(now)
-    async with transaction(conn):
-        ban = await fetch_ban(conn, spec.guild_id, spec.user_id)
-        if ban is not None:
-            raise UserBanned(spec.guild_id, spec.user_id, ban.reason)
-        if enforce_limits:
-            settings = await fetch_settings(conn, spec.guild_id, default_limits)
-            await check_limits(
-                conn, spec.user_id, spec.guild_id, settings.limits, global_queue_cap, at
-            )
-        await conn.execute(
-            "INSERT INTO users (id, first_seen, last_seen, jobs_submitted) VALUES (?, ?, ?, 1)"
-            " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,"
-            " jobs_submitted = jobs_submitted + 1",
-            (spec.user_id, at, at),
-        )
-        columns = (*_SPEC_COLUMNS, "status", "created_at")
-        try:
-            cursor = await conn.execute(
-                f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({placeholders(columns)})",
-                (*_spec_values(spec), "queued", at),
-            )
-        except sqlite3.IntegrityError as error:
-            if spec.parent_job_id is not None and await fetch_job(conn, spec.parent_job_id) is None:
-                raise ValueError(
-                    f"the job this {spec.kind} starts from (#{spec.parent_job_id}) does not exist"
-                ) from None
-            raise ValueError(f"the job could not be stored: {error}") from error
-        job = await fetch_job(conn, cursor.lastrowid)
-    assert job is not None  # inserted in the transaction above
-    return job
+    (outcome,) = await admit_jobs(
+        conn,
+        [Admit(spec, enforce_limits)],
+        default_limits=default_limits,
+        global_queue_cap=global_queue_cap,
+        now=now,
+    )
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 async def get_job(conn: aiosqlite.Connection, job_id: int) -> Job | None:
