@@ -7,6 +7,7 @@ here, never at import. A missing or bad setting is one clear line on stderr and 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import discord
 
 import db
 from bot.settings import Settings, SettingsError, configure_logging, load_settings
+from generation.errors import BadRequest, GenerationError
 
 if TYPE_CHECKING:
     from generation.worker import GpuWorker
@@ -50,6 +52,11 @@ async def lower_worker_priority(worker: GpuWorker, niceness: int) -> None:
 def make_workers(settings: Settings) -> Workers:
     """The local GPU thread, or a pool of Ray painters (IMAGINE_WORKERS=ray); Ray is imported
     only in the second case."""
+    from generation.startup import open_store
+
+    # Each worker checks its device and loads CLIP and the allowed generators before its
+    # first job (a partial of a module function: it travels to Ray actors too).
+    opener = functools.partial(open_store, generators=settings.generators)
     if settings.workers == "ray":
         from generation.ray_pool import RayPool
 
@@ -60,10 +67,16 @@ def make_workers(settings: Settings) -> Workers:
             address=settings.ray_address,
             device=settings.device,
             job_timeout=settings.job_timeout,
+            worker_options={"store_factory": opener},
         )
     from generation.worker import GpuWorker
 
-    return GpuWorker(settings.models, device=settings.device, job_timeout=settings.job_timeout)
+    return GpuWorker(
+        settings.models,
+        device=settings.device,
+        job_timeout=settings.job_timeout,
+        store_factory=opener,
+    )
 
 
 async def run(settings: Settings) -> int:
@@ -76,7 +89,12 @@ async def run(settings: Settings) -> int:
     worker = make_workers(settings)
     try:
         log.info("loading models (%s)", settings.models or "built-in defaults")
-        await worker.start()
+        try:
+            await worker.start()
+        except GenerationError as error:
+            # No GPU, weights missing or damaged: one line that says what to do, no traceback.
+            log.error("cannot start: %s", error)
+            return 2 if isinstance(error, BadRequest) else 1
         if isinstance(worker, GpuWorker):
             await lower_worker_priority(worker, settings.worker_niceness)
         log.info("models loaded on %s", settings.device or "the default device")

@@ -82,7 +82,7 @@ class ImagineBot(commands.Bot):
         self.admission = Admission(
             conn,
             self.policy,
-            known_generators=worker.generator_names(),
+            known_generators=settings.generators or worker.generator_names(),
             global_queue_cap=settings.global_queue_cap,
         )
         self.scheduler = Scheduler(

@@ -65,10 +65,15 @@ class Settings:
     # Attachments: bytes downloaded at most, pixels decoded at most (decompression bombs).
     max_attachment_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
-    # Defaults for /imagine options the user leaves out.
+    # Defaults for /imagine options the user leaves out. What the operator does not set comes
+    # from the models file's [defaults] (steps, size, cutn, generator), as in the CLI.
     default_steps: int = 250
     max_steps: int = 1000
     sizes: tuple[str, ...] = DEFAULT_SIZES
+    default_cutn: int = 32
+    # The generators users may pick, the first being the default. load_settings fills it from
+    # the models file when IMAGINE_GENERATORS is not set; empty here means every generator.
+    generators: tuple[str, ...] = ()
     progress_every: int = 10
     # Whole-bot queue cap; a restart puts a job back at most max_attempts times.
     global_queue_cap: int = 200
@@ -161,6 +166,25 @@ class Settings:
             raise SettingsError("sizes is empty; give at least one size like 256x256")
         for size in self.sizes:
             parse_size(size)
+        self._check_generation_options()
+
+    def _check_generation_options(self) -> None:
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise SettingsError(
+                f"log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not "
+                f"{self.log_level!r}"
+            )
+        if self.default_cutn < 1:
+            raise SettingsError(f"default_cutn must be 1 or more, not {self.default_cutn}")
+        from generation.generators import generator_names
+
+        known = generator_names()
+        unknown = [name for name in self.generators if name not in known]
+        if unknown:
+            raise SettingsError(
+                f"generators names {', '.join(map(repr, unknown))}, which this bot does not "
+                f"have; choose from {', '.join(known)}"
+            )
 
     def _check_workers(self) -> None:
         if self.workers not in ("local", "ray"):
@@ -210,6 +234,8 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_MAX_ATTACHMENT_BYTES": "max_attachment_bytes",
     "IMAGINE_MAX_IMAGE_PIXELS": "max_image_pixels",
     "IMAGINE_DEFAULT_STEPS": "default_steps",
+    "IMAGINE_DEFAULT_CUTN": "default_cutn",
+    "IMAGINE_GENERATORS": "generators",
     "IMAGINE_MAX_STEPS": "max_steps",
     "IMAGINE_SIZES": "sizes",
     "IMAGINE_PROGRESS_EVERY": "progress_every",
@@ -300,7 +326,37 @@ def load_settings(
             "DISCORD_TOKEN is not set: put the bot token from the Discord developer portal "
             "in the DISCORD_TOKEN environment variable"
         )
-    return Settings(**values)
+    return Settings(**with_models_defaults(values))
+
+
+def with_models_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` plus what the models file (``models``) says for settings the operator left
+    unset: its [defaults] steps, size and cutn, and the generators it configures (its
+    [defaults] generator first; every generator for the tiny preset)."""
+    from generation.errors import BadRequest
+    from generation.generators import generator_names
+    from generation.models_config import ModelsConfig
+
+    try:
+        config = ModelsConfig.load(values.get("models"))
+    except BadRequest as error:
+        raise SettingsError(f"IMAGINE_MODELS: {error}") from None
+    filled = dict(values)
+    where = f"in the [defaults] of {config.source}"
+    for key, name in (("steps", "default_steps"), ("cutn", "default_cutn")):
+        if name not in filled and key in config.defaults:
+            filled[name] = _convert(name, config.defaults[key], f"{key} {where}")
+    if "sizes" not in filled and "size" in config.defaults:
+        size = str(config.defaults["size"])
+        size = f"{size}x{size}" if size.isdigit() else size
+        parse_size(size)
+        filled["sizes"] = (size, *(s for s in DEFAULT_SIZES if s != size))
+    if "generators" not in filled:
+        configured = config.configured_generators()
+        if config.tiny:  # tiny models cost nothing to load: offer them all
+            configured = tuple(dict.fromkeys((*configured, *generator_names())))
+        filled["generators"] = configured
+    return filled
 
 
 # Interaction tokens sit in webhook and callback URLs: /webhooks/<app id>/<token>/...,

@@ -23,6 +23,12 @@ TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.very-secret-token-value_123"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _cuda_usable() -> bool:
+    """Whether torch sees a GPU (asked in a child process: the bot tests never import torch)."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], timeout=120).returncode == 0
+
+
 def test_defaults_and_design_names() -> None:
     settings = load_settings(
         {
@@ -172,3 +178,103 @@ def test_python_m_bot_without_token_exits_2_with_one_line(tmp_path: Path) -> Non
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1
     assert "DISCORD_TOKEN" in lines[0]
+
+
+# --------------------------------------------------------------------------- the models file
+
+
+def test_the_models_files_defaults_apply_unless_the_operator_sets_them() -> None:
+    tiny = load_settings({"DISCORD_TOKEN": TOKEN, "IMAGINE_MODELS": "tiny"})
+    # What the CLI paints with IMAGINE_MODELS=tiny (generation/configs/tiny.toml [defaults]).
+    assert (tiny.default_steps, tiny.default_size, tiny.default_cutn) == (50, (128, 128), 16)
+    assert tiny.sizes[0] == "128x128" and "256x256" in tiny.sizes
+    explicit = load_settings(
+        {
+            "DISCORD_TOKEN": TOKEN,
+            "IMAGINE_MODELS": "tiny",
+            "IMAGINE_DEFAULT_STEPS": "80",
+            "IMAGINE_SIZES": "64x64,96x64",
+            "IMAGINE_DEFAULT_CUTN": "8",
+        }
+    )
+    assert (explicit.default_steps, explicit.default_size, explicit.default_cutn) == (
+        80,
+        (64, 64),
+        8,
+    )
+    built_in = load_settings({"DISCORD_TOKEN": TOKEN})  # defaults.toml has no [defaults]
+    assert (built_in.default_steps, built_in.default_size, built_in.default_cutn) == (
+        250,
+        (256, 256),
+        32,
+    )
+
+
+def test_generators_default_to_what_the_models_file_configures(tmp_path: Path) -> None:
+    assert load_settings({"DISCORD_TOKEN": TOKEN}).generators == ("vqgan",)
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[defaults]\ngenerator = "diffusion"\nsize = 256\n[[clip]]\nmodel = "ViT-B-32"\n'
+        '[generators.vqgan]\ndefault = "x"\n[generators.diffusion]\nmodel = "a/b"\n'
+    )
+    settings = load_settings({"DISCORD_TOKEN": TOKEN, "IMAGINE_MODELS": str(models)})
+    assert settings.generators == ("diffusion", "vqgan") and settings.default_size == (256, 256)
+    # The tiny preset's models cost nothing to load: every generator, its default first.
+    tiny = load_settings({"DISCORD_TOKEN": TOKEN, "IMAGINE_MODELS": "tiny"}).generators
+    assert tiny[0] == "vqgan" and {"pixels", "diffusion", "siren"} <= set(tiny)
+    chosen = load_settings(
+        {"DISCORD_TOKEN": TOKEN, "IMAGINE_MODELS": "tiny", "IMAGINE_GENERATORS": "pixels, vqgan"}
+    )
+    assert chosen.generators == ("pixels", "vqgan")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMAGINE_GENERATORS": "vqgan,dalle9"}, "'dalle9', which this bot does not have"),
+        ({"IMAGINE_LOG_LEVEL": "LOUD"}, "log_level must be one of DEBUG"),
+        ({"IMAGINE_MODELS": "/no/such/models.toml"}, "IMAGINE_MODELS: models file"),
+        ({"IMAGINE_DEFAULT_CUTN": "0"}, "default_cutn must be 1 or more"),
+    ],
+)
+def test_bad_generation_settings_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings({"DISCORD_TOKEN": TOKEN, **env})
+
+
+def _run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=REPO,
+        env={
+            **keep,
+            "DISCORD_TOKEN": TOKEN,
+            "IMAGINE_DB": str(tmp_path / "imagine.db"),
+            "IMAGINE_OUTPUT_DIR": str(tmp_path / "out"),
+            "IMAGINE_CACHE_DIR": str(tmp_path / "cache"),
+            # No route to Discord: the bot must stop before it would connect.
+            "DISCORD_API_BASE": "http://127.0.0.1:9/api/v10",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_python_m_bot_with_a_bad_log_level_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = _run_bot(tmp_path, IMAGINE_LOG_LEVEL="LOUD")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "log_level" in lines[0] and "LOUD" in lines[0]
+
+
+def test_real_models_on_a_cpu_nobody_asked_for_stop_the_bot_with_one_line(tmp_path) -> None:
+    if _cuda_usable():
+        pytest.skip("a usable GPU is present: the bot would load the real models")
+    result = _run_bot(tmp_path, IMAGINE_LOG_LEVEL="ERROR")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "IMAGINE_DEVICE=cpu" in lines[0] and "no usable CUDA GPU" in lines[0]

@@ -27,6 +27,7 @@ from generation.models import (
     url_cache_path,
 )
 from generation.perceptor import to_half
+from generation.startup import open_store
 from generation.weights import DamagedWeights
 from tests.generation.generator_helpers import request, tiny_store
 
@@ -438,3 +439,21 @@ def test_real_models_refuse_a_cpu_unless_it_was_asked_for() -> None:
     require_gpu_for_real_models(ModelsConfig.load(None), "cpu", cpu)  # asked for: fine
     require_gpu_for_real_models(ModelsConfig.load("tiny"), None, cpu)  # tiny: fine
     assert "threads" in describe_device(cpu)
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_open_store_logs_the_device_and_loads_the_allowed_generators(caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        store = open_store("tiny", None, generators=("vqgan", "pixels"))
+    assert store.loaded() == ("perceptor", "vqgan:tiny")  # before any job asks
+    assert f"device: cpu ({torch.get_num_threads()} threads)" in caplog.text
+    assert "loading generator vqgan (1 of 2)" in caplog.text
+    assert "generator pixels (2 of 2) needs only CLIP" in caplog.text
+
+
+def test_open_store_refuses_real_models_on_an_unasked_cpu_before_loading(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BadRequest, match="IMAGINE_DEVICE=cpu"):
+        open_store(None, None, generators=("vqgan",))
