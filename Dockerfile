@@ -2,8 +2,16 @@
 #   docker run --gpus all -e DISCORD_TOKEN=... -v imagine-data:/data clip-imagine
 # See README (Running with Docker) for the models file and the other settings.
 
-# CUDA runtime on Ubuntu 24.04, whose python3 is 3.12 (the project needs 3.11 or newer).
-FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04
+# The base and torch must agree on the CUDA major version. pip installs torch from PyPI, whose
+# Linux wheels are CUDA 13 builds (cu130) that bring their own CUDA libraries (the nvidia-*-cu13
+# packages); what they need from the host is a driver for CUDA 13 (580 or newer) and a GPU of
+# compute capability 7.5 or newer. So the base is CUDA 13 too, and only its small "base"
+# flavour: it sets NVIDIA_REQUIRE_CUDA=cuda>=13.0, so the NVIDIA container toolkit refuses to
+# start the container on a too-old driver with a clear message, instead of torch silently
+# finding no GPU. (The alternative, a cu126 torch from PyTorch's own index on a CUDA 12.6 base,
+# would run on older drivers and GPUs but would not be the torch CI and the tests use.)
+# Ubuntu 24.04's python3 is 3.12 (the project needs 3.11 or newer).
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -29,6 +37,11 @@ RUN mkdir -p bot generation db \
     && pip install . \
     && pip uninstall -y clip-imagine \
     && rm -rf bot generation db
+
+# Fail the build, not the first start, if a torch release ever stops being a CUDA 13 build
+# (then change the base above to match torch.version.cuda).
+RUN python -c "import sys, torch; v = torch.version.cuda or 'none'; \
+sys.exit(0 if v.startswith('13.') else f'torch is built for CUDA {v}; the base image is CUDA 13')"
 
 # Then the code (tests and benchmarks stay out of the image).
 COPY bot ./bot
