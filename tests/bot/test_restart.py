@@ -1,5 +1,6 @@
 """kill -9 in the middle of a job loses nothing: `python -m bot` as a real process against the
-fake Discord, killed while it paints, started again; the picture still arrives."""
+fake Discord, killed while it paints, started again; the picture still arrives, and the buttons
+of messages from before the restart work in the new process."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def bot_env(fake: FakeDiscord, tmp_path: Path) -> dict[str, str]:
         IMAGINE_LOG_LEVEL="DEBUG",  # the most verbose logs must still hide the token
     )
     return env
+
+
+def has_button(suffix: str) -> Any:
+    def check(message: Any) -> bool:
+        return any(i.endswith(suffix) for i in message.custom_ids())
+
+    return check
+
+
+def job_id_of(message: Any) -> int:
+    """The job a message belongs to, from its buttons' ids ("job:<id>:<action>")."""
+    return int(message.custom_ids()[0].split(":")[1])
 
 
 async def start_bot(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
@@ -108,8 +121,27 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
         finally:
             await conn.close()
         assert job is not None
-        # 'done' lands right after the final edit; the edit is what the user sees.
-        assert job.attempts == 2
+        assert job.attempts == 2 and job.status == "done"
+
+        # The buttons of the message from before the restart work in the new process.
+        reroll = await fake.click_button(final, f"job:{job_id}:reroll")
+        assert (await reroll.wait_for_callback()).ok
+        rerolled_message = await reroll.wait_for_original(has_button(":cancel"), timeout=30)
+        variation = await fake.click_button(final, f"job:{job_id}:variation")
+        assert (await variation.wait_for_callback()).ok
+        varied_message = await variation.wait_for_original(has_button(":cancel"), timeout=30)
+        rerolled_id, varied_id = job_id_of(rerolled_message), job_id_of(varied_message)
+        # Cancel the variation (queued behind the re-roll, or already painting): honoured.
+        cancel = await fake.click_button(varied_message, f"job:{varied_id}:cancel")
+        assert (await cancel.wait_for_callback()).ok
+        cancelled = await variation.wait_for_original(
+            lambda m: m.content.startswith("Cancelled"), timeout=60
+        )
+        assert cancelled.custom_ids() == []
+        rerolled_final = await reroll.wait_for_original(is_final, timeout=120)
+        assert rerolled_final.attachment_data(0).startswith(PNG_SIGNATURE)
+        assert rerolled_final.id != final.id  # a new message; the old one keeps its picture
+
         second.send_signal(signal.SIGTERM)  # a graceful stop
         assert await asyncio.wait_for(second.wait(), 60) == 0
         conn = await db.connect(Path(env["IMAGINE_DB"]))
@@ -119,6 +151,25 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
             await conn.close()
         assert done is not None and done.status == "done"
         assert done.output_path is not None and is_file(done.output_path)
+        assert done.delivery == "delivered"
+        conn = await db.connect(Path(env["IMAGINE_DB"]))
+        try:
+            rerolled = await db.get_job(conn, rerolled_id)
+            varied = await db.get_job(conn, varied_id)
+        finally:
+            await conn.close()
+        assert rerolled is not None and varied is not None
+        assert (rerolled.kind, rerolled.parent_job_id, rerolled.status) == (
+            "reroll",
+            job_id,
+            "done",
+        )
+        assert rerolled.seed != done.seed
+        assert (rerolled.prompt, rerolled.steps) == (done.prompt, done.steps)
+        assert rerolled.user_id == reroll.user.id  # counts against the presser
+        assert (varied.kind, varied.parent_job_id) == ("variation", job_id)
+        assert varied.init_image == done.output_path
+        assert varied.status == "cancelled" and varied.cancelled_by == cancel.user.id
     finally:
         for proc in (process, second):
             if proc is not None and proc.returncode is None:
