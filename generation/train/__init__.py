@@ -1,0 +1,1 @@
+"""Training commands: ``python -m generation.train clipgen ...`` (see generation/train/clipgen.py)."""
