@@ -331,8 +331,8 @@ def load_settings(
 
 def with_models_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` plus what the models file (``models``) says for settings the operator left
-    unset: its [defaults] steps, size and cutn, and the generators it configures (its
-    [defaults] generator first; every generator for the tiny preset)."""
+    unset: its [defaults] steps, size and cutn, and the generators it offers (see
+    ModelsConfig.offered_generators)."""
     from generation.errors import BadRequest
     from generation.generators import generator_names
     from generation.models_config import ModelsConfig
@@ -352,10 +352,7 @@ def with_models_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
         parse_size(size)
         filled["sizes"] = (size, *(s for s in DEFAULT_SIZES if s != size))
     if "generators" not in filled:
-        configured = config.configured_generators()
-        if config.tiny:  # tiny models cost nothing to load: offer them all
-            configured = tuple(dict.fromkeys((*configured, *generator_names())))
-        filled["generators"] = configured
+        filled["generators"] = config.offered_generators(generator_names())
     return filled
 
 

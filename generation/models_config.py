@@ -188,10 +188,18 @@ class ModelsConfig:
         """The generator this file's [defaults] names, else vqgan."""
         return str(self.defaults.get("generator", FALLBACK_GENERATOR))
 
-    def configured_generators(self) -> tuple[str, ...]:
-        """The [defaults] generator first, then every generator with a [generators.<name>]
-        table: what the bot offers unless the operator says otherwise (IMAGINE_GENERATORS)."""
-        names = [self.default_generator, *self.generators]
+    def offered_generators(self, registered: tuple[str, ...]) -> tuple[str, ...]:
+        """What the bot offers unless the operator says otherwise (IMAGINE_GENERATORS), the
+        [defaults] generator first. A models file of one's own: that and every generator with
+        a [generators.<name>] table. The built-in defaults, a catalogue of every published
+        model, offer only their default generator (each one more costs memory and a download at
+        start-up). The tiny preset offers them all (they cost nothing)."""
+        if self.tiny:
+            names = [self.default_generator, *registered]
+        elif self.source == "defaults":
+            names = [self.default_generator]
+        else:
+            names = [self.default_generator, *self.generators]
         return tuple(dict.fromkeys(names))
 
     def path(self, value: str) -> str:

@@ -211,7 +211,9 @@ def test_the_models_files_defaults_apply_unless_the_operator_sets_them() -> None
 
 
 def test_generators_default_to_what_the_models_file_configures(tmp_path: Path) -> None:
+    # The built-in defaults list every published model; they offer their default generator.
     assert load_settings({"DISCORD_TOKEN": TOKEN}).generators == ("vqgan",)
+    # A models file of the operator's own: its default generator, then every one it configures.
     models = tmp_path / "models.toml"
     models.write_text(
         '[defaults]\ngenerator = "diffusion"\nsize = 256\n[[clip]]\nmodel = "ViT-B-32"\n'
