@@ -6,6 +6,11 @@ VQGAN checkpoints outright, because they are Lightning pickles that also hold ca
 optimiser objects. So the unpickler here resolves only an allow-list of tensor-rebuilding
 functions and plain containers; every other global becomes an inert placeholder that is never
 called with the file's arguments. The tensors come out; nothing else runs.
+
+Some weights are published as whole pickled modules (DALL-E's dVAE ``encoder.pkl`` and
+``decoder.pkl``), not state dicts. For an allow-list of module classes, the unpickler builds a
+``ModuleRecord`` instead of the module: a plain holder of the pickled attributes, whose
+``state_dict()`` reads the parameters and buffers out of them. No module code runs either.
 """
 
 from __future__ import annotations
@@ -42,6 +47,22 @@ for _dtype in (
 ):  # fmt: skip
     _ALLOWED[("torch", str(_dtype).removeprefix("torch."))] = _dtype
 
+# Module classes of whole pickled modules whose tensors may be read (never their code run).
+_MODULE_CLASSES = frozenset(
+    {
+        ("dall_e.encoder", "Encoder"),
+        ("dall_e.encoder", "EncoderBlock"),
+        ("dall_e.decoder", "Decoder"),
+        ("dall_e.decoder", "DecoderBlock"),
+        ("dall_e.utils", "Conv2d"),
+        ("torch.nn.modules.container", "Sequential"),
+        ("torch.nn.modules.activation", "ReLU"),
+        ("torch.nn.modules.pooling", "MaxPool2d"),
+        ("torch.nn.modules.linear", "Identity"),
+        ("torch.nn.modules.upsampling", "Upsample"),
+    }
+)
+
 
 class Skipped:
     """Stands in for any object the allow-list does not cover (Lightning callbacks, optimiser
@@ -75,11 +96,54 @@ class _SkippedClass(Skipped):
         return Skipped()
 
 
+class ModuleRecord:
+    """A pickled ``nn.Module`` as data: unpickling creates it with ``object.__new__`` and
+    hands it the module's attribute dict, which it keeps and never acts on."""
+
+    module_class = ""  # "dall_e.encoder.Encoder": set on the per-class subclasses
+    attributes: dict[str, Any] | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """What ``module.state_dict()`` would return: parameters, persistent buffers and
+        those of the submodules, under dotted names."""
+        attributes = self.attributes or {}
+        out: dict[str, torch.Tensor] = {}
+        transient = attributes.get("_non_persistent_buffers_set")
+        transient = transient if isinstance(transient, set) else set()
+        for group in ("_parameters", "_buffers"):
+            tensors = attributes.get(group)
+            for name, value in tensors.items() if isinstance(tensors, dict) else ():
+                if isinstance(value, torch.Tensor) and name not in transient:
+                    out[prefix + name] = value
+        children = attributes.get("_modules")
+        for name, child in children.items() if isinstance(children, dict) else ():
+            if isinstance(child, ModuleRecord):
+                out.update(child.state_dict(f"{prefix}{name}."))
+        return out
+
+
+_RECORD_CLASSES: dict[tuple[str, str], type[ModuleRecord]] = {}
+
+
+def _record_class(module: str, name: str) -> type[ModuleRecord]:
+    key = (module, name)
+    if key not in _RECORD_CLASSES:
+        _RECORD_CLASSES[key] = type(name, (ModuleRecord,), {"module_class": f"{module}.{name}"})
+    return _RECORD_CLASSES[key]
+
+
 class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles name Python 2's module for builtins.
+        module = "builtins" if module == "__builtin__" else module
         allowed = _ALLOWED.get((module, name))
         if allowed is not None:
             return allowed
+        if (module, name) in _MODULE_CLASSES:
+            return _record_class(module, name)
         if module == "torch._tensor" and name == "_rebuild_from_type_v2":
             return _rebuild_from_type_v2
         return _SkippedClass
@@ -129,8 +193,11 @@ def load_checkpoint(path: str | Path) -> Any:
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint as a flat state dict. Lightning checkpoints keep theirs under
-    "state_dict"; other entries (callbacks, optimiser states) are dropped."""
+    "state_dict"; other entries (callbacks, optimiser states) are dropped. A whole pickled module
+    of an allow-listed class gives its module's state dict."""
     data = load_checkpoint(path)
+    if isinstance(data, ModuleRecord):
+        data = data.state_dict()
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

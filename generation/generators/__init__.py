@@ -24,6 +24,8 @@ GENERATORS: dict[str, str] = {
     "fourier": "generation.generators.fourier",
     "siren": "generation.generators.siren",
     "clipgen": "generation.generators.clipgen",
+    "dvae": "generation.generators.dvae",
+    "biggan": "generation.generators.biggan",
 }
 
 
