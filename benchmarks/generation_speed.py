@@ -291,6 +291,12 @@ RANDOM_ARCHITECTURES: dict[str, dict[str, object]] = {
         "text_encoder_config": "sd15-text-encoder.json",
         "scheduler_config": "sd15-scheduler.json",
     },
+    # DALL-E's published dVAE (dall_e's default sizes: 8192 codes, n_hid 256) and BigGAN-deep-256.
+    "dvae": {"default": "openai", "models": {"openai": {"decoder": "random", "encoder": "random"}}},
+    "biggan": {
+        "default": "deep_256",
+        "models": {"deep_256": {"config": "biggan-deep-256.json", "checkpoint": "random"}},
+    },
 }
 
 
