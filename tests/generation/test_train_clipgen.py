@@ -220,3 +220,27 @@ def test_bad_options_are_one_line_errors(
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), errors
     assert "factor 8" in errors[1] and "--noise" in errors[2]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_embedding_reconstruction_loss_reaches_the_logits(tmp_path: Path) -> None:
+    from generation.generators.vqgan import load_model as load_vqgan
+    from generation.perceptor import resize
+    from generation.train.clipgen import recon_loss
+    from tests.generation.generator_helpers import tiny_store
+
+    store = tiny_store()
+    vqgan, perceptor = load_vqgan(store), store.perceptor()
+    clip = cg.conditioning_model(perceptor)
+    embeds = perceptor.embed(0, resize(torch.rand(2, 3, 32, 32), clip.input_size))  # [2, E]
+    config = cg.ClipGenConfig(
+        vocab_size=vqgan.codebook.shape[0], grid_h=4, grid_w=4, cond_dim=embeds.shape[1]
+    )
+    logits = torch.randn(2, 16, config.vocab_size, requires_grad=True)
+    loss = recon_loss(logits, embeds, vqgan, perceptor, config)
+    loss.backward()
+    assert 0 <= loss.item() <= 2
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    images = write_images(tmp_path / "images", n=4)
+    run = settings(images, tmp_path / "run", steps=6, recon_weight=0.2, checkpoint_every=6)
+    figures = train(run, out=lambda _: None)
+    assert math.isfinite(figures["train_loss"]) and (tmp_path / "run" / cg.WEIGHTS_FILE).is_file()
