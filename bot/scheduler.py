@@ -71,6 +71,15 @@ def resumed(job: Job, position: int | None, reason: str) -> render.Rendered:
     return dataclasses.replace(waiting, content=content)
 
 
+RESUMED_NOTE = "Resumed after its worker was lost."
+
+
+def _noted(rendered: render.Rendered, note: str) -> render.Rendered:
+    if not note:
+        return rendered
+    return dataclasses.replace(rendered, content=f"{note} {rendered.content}")
+
+
 def output_path(output_dir: Path, job: Job) -> Path:
     return output_dir / f"{job.id:08d}-{job.seed}.png"
 
@@ -118,6 +127,7 @@ class Scheduler:
         self._runs: set[asyncio.Task[None]] = set()  # one per job taken, until it has ended
         self._current: dict[int, object] = {}  # job id -> its Handle, while it runs
         self._aborted: OrderedDict[int, None] = OrderedDict()
+        self._resumed: OrderedDict[int, None] = OrderedDict()  # requeued after a lost worker
         # Observers (tests, the benchmark): called with the job id when a job is finished.
         self.on_job_finished: list[Callable[[int, str], None]] = []
         self.jobs_run = 0
@@ -229,17 +239,21 @@ class Scheduler:
             self._spawn(self._finish_cancelled(job))
             return
         request = request_from_spec(job, progress_every=self._progress_every)
+        # A job whose worker was lost says so while it paints again (the "back in the queue"
+        # edit may be replaced by a newer one before it is sent).
+        note = RESUMED_NOTE if job.id in self._resumed else ""
+        self._resumed.pop(job.id, None)
 
         def on_progress(frame: ProgressFrame) -> None:
             if state.done:
                 return
-            self._replies.update(job, render.running(job, frame))
+            self._replies.update(job, _noted(render.running(job, frame), note))
             now = time.monotonic()
             if now - state.last_recorded >= self.RECORD_PROGRESS_EVERY:
                 state.last_recorded = now
                 self._spawn(self._record_progress(job.id, frame.step, frame.total))
 
-        self._replies.update(job, render.running(job))
+        self._replies.update(job, _noted(render.running(job), note))
         handle = self._worker.submit(request, on_progress, job_id=job.id)
         self._current[job.id] = handle
         outcome: tuple[str, str | FinishedImage]
@@ -279,11 +293,17 @@ class Scheduler:
         """The worker died under the job: back to the front of the queue (or failed after
         max_attempts), and the user is told it will resume. Awaited before the slot is free,
         so the requeued job is the next one taken."""
+        # Noted before the row is queued: the loop may take the job again at once.
+        self._resumed[job.id] = None
+        while len(self._resumed) > 1000:
+            self._resumed.popitem(last=False)
         try:
             row = await db.requeue_job(self._conn, job.id, max_attempts=self._max_attempts)
         except Exception:
             log.exception("could not put job %s back on the queue", job.id)
             return  # left 'running': the next start puts it back
+        if row is None or row.status == "failed":
+            self._resumed.pop(job.id, None)
         if row is None:
             self._spawn(self._finish_cancelled(job))  # cancelled while its worker died
         elif row.status == "failed":
@@ -291,7 +311,8 @@ class Scheduler:
         else:
             log.warning("job %s: %s; back on the queue", job.id, reason)
             position = await db.queue_position(self._conn, job.id)
-            self._replies.update(job, resumed(job, position, reason))
+            if job.id in self._resumed:  # not taken again meanwhile
+                self._replies.update(job, resumed(job, position, reason))
 
     async def _record_progress(self, job_id: int, step: int, total: int) -> None:
         try:

@@ -90,7 +90,7 @@ async def test_a_painter_killed_mid_job_resumes_the_job_and_delivers_it_once(
 
     final = await handle.wait_for_original(is_final, timeout=180)
     # The user was told it would resume, then saw it paint again and finish: once.
-    assert any("will resume" in r.content for r in final.revisions)
+    assert any("Resumed after its worker was lost" in r.content for r in final.revisions)
     assert final_revisions(final) == 1
     done = await harness.wait_job_status(job.id, "done")
     assert done.attempts == 2
