@@ -176,7 +176,7 @@ def bench_candidates(args: argparse.Namespace, candidates: int) -> float:
         height=args.size,
         progress_every=10**6,
     )
-    model, _ = clipgen.load(store)  # load before the clock starts
+    model, _ = clipgen.load_model(store)  # load before the clock starts
     seconds = timed(
         lambda: generate(request, store, RunControl()), args.sample_repeats, 0, store.device
     )

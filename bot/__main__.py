@@ -97,7 +97,8 @@ async def run(settings: Settings) -> int:
             return 2 if isinstance(error, BadRequest) else 1
         if isinstance(worker, GpuWorker):
             await lower_worker_priority(worker, settings.worker_niceness)
-        log.info("models loaded on %s", settings.device or "the default device")
+        facts = worker.describe()
+        log.info("models loaded: %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
         bot = ImagineBot(settings, conn, worker)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -37,8 +37,7 @@ from bot.delivery import UNCHECKED, Delivery, render_result
 from bot.progress import ReplyManager
 from db import Job
 from generation.errors import GenerationCancelled, GenerationError
-from generation.worker import FinishedImage, ProgressFrame
-from generation.workers import WorkerLost, Workers
+from generation.workers import FinishedImage, ProgressFrame, WorkerLost, Workers
 
 log = logging.getLogger(__name__)
 

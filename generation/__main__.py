@@ -220,6 +220,10 @@ def _run(args: argparse.Namespace, request: GenerationRequest, config: ModelsCon
     )
 
     def on_progress(progress: Progress) -> None:
+        # A generator may count in its own units (clipgen: token rows, diffusion: steps left
+        # after the skipped ones): the bar follows the total each frame reports.
+        if bar.total != progress.total:
+            bar.total = progress.total
         bar.update(progress.step - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.3f}", refresh=False)
         if args.save_every and progress.step % args.save_every == 0:

@@ -34,8 +34,16 @@ from ray.exceptions import RayActorError, RayError
 
 from generation.errors import GenerationCancelled, GenerationError
 from generation.request import GenerationRequest
-from generation.worker import FinishedImage, GpuWorker, ProgressFrame
-from generation.workers import JobTimedOut, WorkerBusy, WorkerLost, WorkersStatus, timeout_message
+from generation.worker import GpuWorker
+from generation.workers import (
+    FinishedImage,
+    JobTimedOut,
+    ProgressFrame,
+    WorkerBusy,
+    WorkerLost,
+    WorkersStatus,
+    timeout_message,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,9 @@ keyword options; the bot passes it with ``functools.partial``. It runs on the wo
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
-from types import ModuleType
-from typing import Any
+from collections.abc import Sequence
 
 from generation.generators import get_generator
 from generation.models import (
@@ -41,8 +38,8 @@ def open_store(
 
 
 def preload(store: ModelStore, generators: Sequence[str]) -> None:
-    """Load CLIP, then each generator's models (through its ``load_model(store)`` or
-    ``load(store)``; generators with neither need nothing beyond CLIP), logging each step."""
+    """Load CLIP, then each generator's models (through its ``load_model(store)``;
+    generators without one need nothing beyond CLIP), logging each step."""
     started = time.perf_counter()
     log.info("loading CLIP: %s", store.describe())
     store.perceptor()
@@ -50,7 +47,7 @@ def preload(store: ModelStore, generators: Sequence[str]) -> None:
     with_weights = 0
     for number, name in enumerate(generators, 1):
         module = get_generator(name)
-        load = _loader(module)
+        load = getattr(module, "load_model", None)
         if load is None:
             log.info("generator %s (%d of %d) needs only CLIP", name, number, len(generators))
             continue
@@ -69,18 +66,3 @@ def preload(store: ModelStore, generators: Sequence[str]) -> None:
             store.config.max_resident,
         )
     log.info("models ready in %.1f s", time.perf_counter() - started)
-
-
-def _loader(module: ModuleType) -> Callable[..., Any] | None:
-    """The generator's function that loads its models from the store alone: ``load_model`` or
-    ``load`` whose first parameter is ``store`` and whose others have defaults (a module may
-    have a ``load_model`` of another kind, e.g. from a file path)."""
-    for name in ("load_model", "load"):
-        function = getattr(module, name, None)
-        if not callable(function):
-            continue
-        params = list(inspect.signature(function).parameters.values())
-        if params and params[0].name == "store":
-            if all(p.default is not inspect.Parameter.empty for p in params[1:]):
-                return function
-    return None

@@ -29,12 +29,19 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from generation.errors import GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, Progress, RunControl
-from generation.workers import CallGate, JobTimedOut, WorkersStatus, timeout_message
+from generation.workers import (
+    CallGate,
+    FinishedImage,
+    JobTimedOut,
+    ProgressFrame,
+    WorkersStatus,
+    timeout_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +50,6 @@ T = TypeVar("T")
 # Preview frames are shown in a Discord embed a few hundred pixels wide; a smaller frame keeps
 # uploads quick and edits cheap.
 PREVIEW_MAX_SIDE = 384
-
-
-@dataclass(frozen=True)
-class ProgressFrame:
-    job_id: object
-    step: int
-    total: int
-    loss: float
-    elapsed: float
-    eta: float
-    png: bytes  # small preview PNG, encoded on the worker thread
-
-
-@dataclass(frozen=True)
-class FinishedImage:
-    png: bytes  # the full PNG with metadata text chunks
-    width: int
-    height: int
-    seed: int
-    steps_done: int
-    elapsed: float
-    loss: float
-    clip_score: float | None
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class JobHandle:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from generation.errors import GenerationError
 
 if TYPE_CHECKING:
     from generation.request import GenerationRequest
-    from generation.worker import FinishedImage, ProgressFrame
 
 RAY_MISSING = "IMAGINE_WORKERS=ray needs Ray, which is not installed: pip install -e '.[ray]'"
 
@@ -43,6 +42,34 @@ def timeout_message(limit: float) -> str:
         f"the picture took longer than the time limit ({span}) and was stopped; "
         "try fewer steps or a smaller size"
     )
+
+
+# What comes back from any worker: built on the worker's side, plain values only (they cross
+# process boundaries on Ray).
+
+
+@dataclass(frozen=True)
+class ProgressFrame:
+    job_id: object
+    step: int
+    total: int
+    loss: float
+    elapsed: float
+    eta: float
+    png: bytes  # small preview PNG, encoded on the worker thread
+
+
+@dataclass(frozen=True)
+class FinishedImage:
+    png: bytes  # the full PNG with metadata text chunks
+    width: int
+    height: int
+    seed: int
+    steps_done: int
+    elapsed: float
+    loss: float
+    clip_score: float | None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

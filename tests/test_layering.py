@@ -64,15 +64,6 @@ def test_the_walker_sees_imports_anywhere(tmp_path) -> None:
 
 # ---------------------------------------------------------------------------- import circles
 
-# Circles someone is removing right now: each entry is the set of modules of one circle. Empty
-# this list as they go; a circle not listed here fails the test, and so does a listed one
-# that is gone (so the list cannot rot).
-CIRCLES_BEING_REMOVED: list[set[str]] = [
-    # The Ray workers' seam (generation/workers.py names worker.py's result types for typing
-    # only) while the pool is written.
-    {"generation.worker", "generation.workers"},
-]
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -148,10 +139,7 @@ def circles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_no_import_circles_inside_a_package() -> None:
     found = circles(import_graph())
-    unexpected = [sorted(group) for group in found if group not in CIRCLES_BEING_REMOVED]
-    assert unexpected == [], "import circles (arrows must run one way)"
-    gone = [sorted(group) for group in CIRCLES_BEING_REMOVED if group not in found]
-    assert gone == [], "these circles are gone: remove them from CIRCLES_BEING_REMOVED"
+    assert [sorted(group) for group in found] == [], "import circles (arrows must run one way)"
 
 
 def test_the_circle_finder_finds_circles() -> None:

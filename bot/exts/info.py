@@ -51,8 +51,11 @@ class InfoCog(commands.Cog):
     @app_commands.command(name="info", description="Models, device, queue and uptime of the bot")
     async def info(self, interaction: discord.Interaction) -> None:
         stats = await db.queue_stats(self.bot.conn)
+        facts = self.bot.worker.describe()
+        if self.bot.settings.generators:  # the operator's allow-list, not every registered one
+            facts["generators"] = ", ".join(self.bot.settings.generators)
         lines = info_lines(
-            self.bot.worker.describe(),
+            facts,
             stats,
             time.time() - self.bot.started_at,
             self.bot.scheduler.current_job_id,

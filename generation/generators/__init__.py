@@ -4,6 +4,8 @@
     DEFAULT_LR: float                        (generators that optimise)
     check(request, store) -> None            generator-specific validation (BadRequest, ...)
     run(request, store, control) -> GenerationResult
+    load_model(store) -> model               (generators with weights) loads them into the
+                                             store's cache; the bot preloads through it
 
 Modules are imported on first use, so a generator whose dependencies are heavy costs nothing
 until someone asks for it.

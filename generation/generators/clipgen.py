@@ -54,8 +54,10 @@ from generation.clipgen_model import (
     ClipGen,
     ClipGenConfig,
     check_compatible,
-    load_model,
     sample_tokens,
+)
+from generation.clipgen_model import (
+    load_model as load_model_dir,
 )
 from generation.errors import BadRequest, WeightsNotFound
 from generation.generators import vqgan
@@ -136,7 +138,7 @@ def settings(store: ModelStore) -> Settings:
     return chosen
 
 
-def load(store: ModelStore) -> tuple[ClipGen, str]:
+def load_model(store: ModelStore) -> tuple[ClipGen, str]:
     """The configured model (loaded once) and its name for metadata. A model dir is checked
     against the configured VQGAN and first CLIP: a mismatch is a CheckpointError."""
     chosen = settings(store)
@@ -152,7 +154,7 @@ def load(store: ModelStore) -> tuple[ClipGen, str]:
         raise WeightsNotFound(f"clipgen model folder {folder} not found. {HOW_TO_GET}")
 
     def load_checked() -> tuple[ClipGen, str]:
-        model, meta = load_model(folder, store.device)
+        model, meta = load_model_dir(folder, store.device)
         check_compatible(meta, tokenizer, perceptor, where=f"in {folder}")
         return model, folder.name
 
@@ -179,12 +181,12 @@ def random_model(
 
 def check(request: GenerationRequest, store: ModelStore) -> None:
     """Loads and checks the model, so missing or mismatched weights fail before any work."""
-    load(store)
+    load_model(store)
 
 
 def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> GenerationResult:
     chosen = settings(store)
-    model, model_name = load(store)
+    model, model_name = load_model(store)
     tokenizer = vqgan.load_model(store, chosen.vqgan)
     perceptor = store.perceptor()
     generator = torch_generator(request.seed, store.device)

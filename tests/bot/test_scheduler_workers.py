@@ -16,8 +16,7 @@ from PIL import Image
 import db
 from generation.errors import GenerationCancelled
 from generation.request import GenerationRequest
-from generation.worker import FinishedImage, ProgressFrame
-from generation.workers import WorkerLost, WorkersStatus
+from generation.workers import FinishedImage, ProgressFrame, WorkerLost, WorkersStatus
 from tests.bot.conftest import Harness, is_final
 
 WAIT = 30.0

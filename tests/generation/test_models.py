@@ -451,7 +451,7 @@ def test_open_store_logs_the_device_and_loads_the_allowed_generators(caplog) -> 
     assert f"device: cpu ({torch.get_num_threads()} threads)" in caplog.text
     assert "loading generator vqgan (1 of 2)" in caplog.text
     assert "generator pixels (2 of 2) needs only CLIP" in caplog.text
-    # clipgen's loader is load(store); its load_model takes a file path.
+    # clipgen imports a load_model that takes a folder; its own takes the store.
     clipgen = open_store("tiny", None, generators=("clipgen",))
     assert any(key.startswith("clipgen") for key in clipgen.loaded())
 

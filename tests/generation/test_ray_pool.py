@@ -17,8 +17,11 @@ ray = pytest.importorskip("ray")
 from generation.errors import GenerationCancelled  # noqa: E402
 from generation.ray_pool import RayPool  # noqa: E402
 from generation.request import GenerationRequest  # noqa: E402
-from generation.worker import ProgressFrame  # noqa: E402
-from generation.workers import JobTimedOut, WorkerLost  # noqa: E402
+from generation.workers import (  # noqa: E402
+    JobTimedOut,
+    ProgressFrame,  # noqa: E402
+    WorkerLost,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, GenerationResult, Progress
-from generation.worker import GpuWorker, ProgressFrame
-from generation.workers import JobTimedOut, WorkerBusy
+from generation.worker import GpuWorker
+from generation.workers import JobTimedOut, ProgressFrame, WorkerBusy
 
 TIMEOUT = 10
 
