@@ -49,15 +49,25 @@ class StoredImage:
 
     @classmethod
     def of(cls, job: Job, png: bytes) -> StoredImage:
+        # The PNG's own size: a generator may paint another size than the one asked for
+        # (clipgen paints its model's size). IHDR holds width and height at bytes 16-24.
+        width, height = png_size(png) or (job.width, job.height)
         return cls(
             png=png,
-            width=job.width,
-            height=job.height,
+            width=width,
+            height=height,
             seed=job.seed,
             steps_done=job.total_steps or job.steps,
             elapsed=job.duration or 0.0,
             clip_score=job.clip_score,
         )
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or None if the bytes are not a PNG."""
+    if len(png) < 24 or not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def render_result(job: Job, finished: render.FinishedLike | None, verdict: str) -> Rendered:

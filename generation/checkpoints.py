@@ -208,6 +208,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def load_into(
+    module: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    name: str,
+    *,
+    hint: str = "check that config and checkpoint belong to the same model",
+) -> None:
+    """Copy a checkpoint's tensors into ``module``: every tensor the module has must be there
+    and fit (extra ones are ignored). A mismatch is a CheckpointError naming ``name``."""
+    try:
+        missing, _unexpected = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {name} does not fit its config (wrong shapes: {str(error)[:200]}); {hint}"
+        ) from None
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {name} lacks {len(missing)} of the model's tensors "
+            f"(e.g. {missing[0]}); {hint}"
+        )
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.checkpoints import load_state_dict
+from generation.checkpoints import load_into, load_state_dict
 from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import tensor_to_pil
@@ -97,7 +97,7 @@ def _build(store: ModelStore, name: str, spec: dict[str, Any]) -> nn.Module:
         path = store.resolve(
             spec["checkpoint"], what=f"BigGAN {name} checkpoint", how_to_get=HOW_TO_GET
         )
-        load_weights(model, load_state_dict(path), path.name)
+        load_into(model, load_state_dict(path), path.name)
     # eval(): spectral norm keeps its stored singular vectors instead of updating them.
     model = model.to(store.device).eval().requires_grad_(False)
     model.name = name  # its name in the models TOML, for metadata
@@ -148,21 +148,6 @@ def converge_spectral_norms(model: nn.Module, iterations: int = 50) -> None:
                     per_forward, hook.n_power_iterations = hook.n_power_iterations, iterations
                     hook.compute_weight(module, do_power_iteration=True)
                     hook.n_power_iterations = per_forward
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
-    try:
-        missing, _unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"checkpoint {name} does not fit its config (wrong shapes: {str(error)[:200]}); "
-            f"check that config and checkpoint belong to the same model"
-        ) from None
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {name} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}); "
-            f"check that config and checkpoint belong to the same model"
-        )
 
 
 def _settings(store: ModelStore) -> dict[str, float]:

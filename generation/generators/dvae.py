@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from generation.checkpoints import load_state_dict
-from generation.errors import BadRequest, CheckpointError, WeightsNotFound
+from generation.checkpoints import load_into, load_state_dict
+from generation.errors import BadRequest, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import clamp_with_grad, make_optimizer, report, torch_generator
@@ -180,19 +180,13 @@ def _load_part(store: ModelStore, module: nn.Module, weights: str, what: str) ->
 
 def load_weights(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
     """Copy a checkpoint's tensors into ``module``; every tensor must be there and fit."""
-    try:
-        missing, _unexpected = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"dVAE weights {name} do not fit the architecture (wrong shapes: "
-            f"{str(error)[:200]}); check n_hid, n_blk_per_group, vocab_size and n_init, and "
-            f"that decoder = names a decoder and encoder = an encoder"
-        ) from None
-    if missing:
-        raise CheckpointError(
-            f"dVAE weights {name} lack {len(missing)} of the model's tensors (e.g. {missing[0]}); "
-            f"is it an encoder where a decoder belongs, or the other way round?"
-        )
+    load_into(
+        module,
+        state_dict,
+        name,
+        hint="check n_hid, n_blk_per_group, vocab_size and n_init, and that decoder = names a "
+        "decoder and encoder = an encoder",
+    )
 
 
 def _sampling(store: ModelStore) -> tuple[str, float]:

@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from generation.checkpoints import load_state_dict
+from generation.checkpoints import load_into, load_state_dict
 from generation.errors import CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
@@ -177,19 +177,7 @@ def build_from_yaml(path: Path, *, seed: int = 0) -> VQGAN:
 
 def load_weights(model: VQGAN, state_dict: dict[str, torch.Tensor], name: str) -> None:
     # Training-only parts of the published checkpoints (the discriminator and LPIPS loss).
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("loss.")}
-    try:
-        missing, _unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"checkpoint {name} does not fit its config (wrong shapes: {str(error)[:200]}); "
-            f"check that config and checkpoint belong to the same model"
-        ) from None
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {name} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}); "
-            f"check that config and checkpoint belong to the same model"
-        )
+    load_into(model, {k: v for k, v in state_dict.items() if not k.startswith("loss.")}, name)
 
 
 # --------------------------------------------------------------------------- the generator

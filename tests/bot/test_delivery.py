@@ -182,3 +182,21 @@ async def test_undelivered_picture_arrives_after_a_restart(
         assert final_revisions(final) == 1 and messages_with_a_picture(fake) == [final.id]
     finally:
         await conn.close()
+
+
+def test_a_redelivered_picture_reports_the_size_it_was_painted_at() -> None:
+    # clipgen paints its model's size whatever was asked: the stored PNG, not the request, says.
+    import io
+
+    from PIL import Image
+
+    from bot.delivery import StoredImage, png_size
+    from tests.bot.jobrows import make_job
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert png_size(png) == (64, 48)
+    assert png_size(b"not a png at all, not a png at all") is None
+    stored = StoredImage.of(make_job(width=256, height=256), png)
+    assert (stored.width, stored.height) == (64, 48)

@@ -155,14 +155,14 @@ def test_safetensors_state_dict_loads(tmp_path) -> None:
 
 def test_encoder_weights_where_the_decoder_belongs_are_refused(tmp_path) -> None:
     torch.save(dvae.build_encoder(TINY), tmp_path / "encoder.pkl")
-    with pytest.raises(CheckpointError, match="(?s)do not fit.*decoder = names a decoder"):
+    with pytest.raises(CheckpointError, match="(?s)does not fit.*decoder = names a decoder"):
         dvae.load_model(_store_with({"decoder": str(tmp_path / "encoder.pkl"), **TINY}))
 
 
 def test_weights_of_another_size_are_refused(tmp_path) -> None:
     torch.save(dvae.build_decoder(TINY), tmp_path / "decoder.pkl")
     wider = {**TINY, "vocab_size": 1024}
-    with pytest.raises(CheckpointError, match="do not fit"):
+    with pytest.raises(CheckpointError, match="does not fit"):
         dvae.load_model(_store_with({"decoder": str(tmp_path / "decoder.pkl"), **wider}))
 
 
