@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generation.errors import BadRequest
+from generation.errors import BadRequest, WeightsNotFound
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULTS_TOML = CONFIG_DIR / "defaults.toml"
@@ -182,6 +182,23 @@ class ModelsConfig:
 
     def generator_section(self, name: str) -> Mapping[str, Any]:
         return self.generators.get(name, {})
+
+    def named_model(
+        self, generator: str, name: str | None, *, label: str, needs: str, how_to_get: str
+    ) -> tuple[str, Mapping[str, Any]]:
+        """``(name, spec)`` of one model under ``[generators.<generator>.models.<name>]``:
+        ``name``, else the section's ``default``, else its first model. A name the file does not
+        hold is a WeightsNotFound that lists the known ones and says what the table ``needs``."""
+        section = self.generator_section(generator)
+        models = section.get("models", {})
+        name = name or section.get("default") or next(iter(models), None)
+        if name is None or name not in models:
+            raise WeightsNotFound(
+                f"no {label} model {name!r} in the models file {self.source}; known: "
+                f"{', '.join(models) or 'none'}. Add a [generators.{generator}.models.<name>] "
+                f"table with {needs}. {how_to_get}"
+            )
+        return name, models[name]
 
     @property
     def default_generator(self) -> str:

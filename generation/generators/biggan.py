@@ -76,16 +76,10 @@ HOW_TO_GET = (
 
 def load_model(store: ModelStore, name: str | None = None) -> nn.Module:
     """The BigGAN ``name`` from the models TOML (default: its ``default``), loaded once."""
-    section = store.config.generator_section(NAME)
-    models = section.get("models", {})
-    name = name or section.get("default") or next(iter(models), None)
-    if name is None or name not in models:
-        raise WeightsNotFound(
-            f"no BigGAN model {name!r} in the models file {store.config.source}; known: "
-            f"{', '.join(models) or 'none'}. Add a [generators.biggan.models.<name>] table with "
-            f"config and checkpoint. {HOW_TO_GET}"
-        )
-    return store.get_or_load(f"biggan:{name}", lambda: _build(store, name, models[name]))
+    name, spec = store.config.named_model(
+        NAME, name, label="BigGAN", needs="config and checkpoint", how_to_get=HOW_TO_GET
+    )
+    return store.get_or_load(f"biggan:{name}", lambda: _build(store, name, spec))
 
 
 def _build(store: ModelStore, name: str, spec: dict[str, Any]) -> nn.Module:

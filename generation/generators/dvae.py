@@ -99,16 +99,9 @@ def load_encoder(store: ModelStore, model: DVAE) -> nn.Module:
 
 
 def _model_spec(store: ModelStore, name: str | None) -> tuple[str, Mapping[str, Any]]:
-    section = store.config.generator_section(NAME)
-    models = section.get("models", {})
-    name = name or section.get("default") or next(iter(models), None)
-    if name is None or name not in models:
-        raise WeightsNotFound(
-            f"no dVAE model {name!r} in the models file {store.config.source}; known: "
-            f"{', '.join(models) or 'none'}. Add a [generators.dvae.models.<name>] table with "
-            f"decoder (and encoder). {HOW_TO_GET}"
-        )
-    return name, models[name]
+    return store.config.named_model(
+        NAME, name, label="dVAE", needs="decoder (and encoder)", how_to_get=HOW_TO_GET
+    )
 
 
 def architecture(spec: Mapping[str, Any]) -> dict[str, int]:

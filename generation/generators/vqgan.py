@@ -121,16 +121,10 @@ def quantize(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def load_model(store: ModelStore, name: str | None = None) -> VQGAN:
     """The VQGAN ``name`` from the models TOML (default: its ``default``), loaded once."""
-    section = store.config.generator_section(NAME)
-    models = section.get("models", {})
-    name = name or section.get("default") or next(iter(models), None)
-    if name is None or name not in models:
-        raise WeightsNotFound(
-            f"no VQGAN model {name!r} in the models file {store.config.source}; "
-            f"known: {', '.join(models) or 'none'}. Add a [generators.vqgan.models.<name>] table "
-            f"with config and checkpoint. {HOW_TO_GET}"
-        )
-    return store.get_or_load(f"vqgan:{name}", lambda: _build(store, name, models[name]))
+    name, spec = store.config.named_model(
+        NAME, name, label="VQGAN", needs="config and checkpoint", how_to_get=HOW_TO_GET
+    )
+    return store.get_or_load(f"vqgan:{name}", lambda: _build(store, name, spec))
 
 
 def _build(store: ModelStore, name: str, spec: dict[str, Any]) -> VQGAN:
