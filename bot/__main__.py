@@ -6,6 +6,7 @@ here, never at import. A missing or bad setting is one clear line on stderr and 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import logging
@@ -15,10 +16,17 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 
 import db
-from bot.settings import Settings, SettingsError, configure_logging, load_settings
+from bot.settings import (
+    Settings,
+    SettingsError,
+    configure_logging,
+    load_settings,
+    settings_help,
+)
 from generation.errors import BadRequest, GenerationError
 
 if TYPE_CHECKING:
@@ -110,13 +118,35 @@ async def run(settings: Settings) -> int:
             except discord.LoginFailure:
                 log.error("Discord refused the token (DISCORD_TOKEN); check it in the portal")
                 return 1
+            except (aiohttp.ClientError, OSError) as error:
+                # No network, DNS, a proxy down: one line, not discord.py's traceback.
+                log.error(
+                    "cannot reach Discord at %s (%s); check the network or "
+                    "DISCORD_API_BASE, then start again",
+                    settings.api_base,
+                    error.__class__.__name__ + (f": {error}" if str(error) else ""),
+                )
+                return 1
     finally:
         await worker.close()
         await conn.close()
     return 0
 
 
-def main() -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``--help`` lists every setting (from bot/settings.py); the bot takes no other options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="Run the Discord bot that paints pictures from text with CLIP. "
+        "It is configured by environment variables or a TOML file, listed below.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args([] if argv is None else argv)
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -127,4 +157,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

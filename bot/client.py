@@ -8,6 +8,7 @@ interrupted jobs back on the queue.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import time
@@ -20,8 +21,10 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+import db
 from bot.admission import Admission, BlockedTermsPolicy, PolicyChain
 from bot.delivery import Delivery
+from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
 from bot.progress import ReplyManager
 from bot.replies import JobReplySink
@@ -102,6 +105,9 @@ class ImagineBot(commands.Bot):
             max_gb=settings.retention_max_gb,
         )
         self.downloads: aiohttp.ClientSession | None = None
+        self.synced_commands = "no commands synced"
+        self._job_logs: set[asyncio.Task[None]] = set()
+        self.scheduler.on_job_finished.append(self._log_job)
         self.tree.on_error = self._on_app_command_error
         self.tree.interaction_check = self._interaction_allowed  # type: ignore[method-assign]
 
@@ -121,12 +127,36 @@ class ImagineBot(commands.Bot):
     async def sync_commands(self) -> None:
         if self.settings.guild_ids:
             # Guild commands appear at once; handy while setting the bot up.
+            counts = []
             for guild_id in self.settings.guild_ids:
                 guild = discord.Object(guild_id)
                 self.tree.copy_global_to(guild=guild)
-                await self.tree.sync(guild=guild)
+                counts.append(len(await self.tree.sync(guild=guild)))
+            where = "guild " + ", ".join(map(str, self.settings.guild_ids))
+            self.synced_commands = f"{max(counts)} commands synced ({where})"
         else:
-            await self.tree.sync()
+            synced = await self.tree.sync()
+            self.synced_commands = f"{len(synced)} commands synced (global; may take an hour)"
+
+    async def on_ready(self) -> None:
+        # on_ready comes again after a full reconnect; the line says the same then.
+        log.info(
+            "ready as %s (id %s), %s", self.user, self.user and self.user.id, self.synced_commands
+        )
+
+    def _log_job(self, job_id: int, outcome: str) -> None:
+        task = asyncio.ensure_future(self._write_job_log(job_id, outcome))
+        self._job_logs.add(task)
+        task.add_done_callback(self._job_logs.discard)
+
+    async def _write_job_log(self, job_id: int, outcome: str) -> None:
+        try:
+            job = await db.get_job(self.conn, job_id)
+        except Exception:
+            log.warning("job %s %s (its row could not be read)", job_id, outcome)
+            return
+        if job is not None:
+            logging.getLogger("bot.jobs").info(job_line(job, outcome))
 
     async def close(self) -> None:
         await self.scheduler.close()

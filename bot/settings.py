@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +396,7 @@ def configure_logging(settings: Settings) -> RedactingFilter:
     redactor = RedactingFilter(settings.token)
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     )
     handler.addFilter(redactor)
     root = logging.getLogger()
@@ -406,3 +406,71 @@ def configure_logging(settings: Settings) -> RedactingFilter:
     # them); its statements are not worth a debug log.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     return redactor
+
+
+# One line per setting for ``python -m bot --help`` (tests check that every field has one, so
+# the help cannot fall behind the fields above).
+SETTING_HELP: dict[str, str] = {
+    "token": "the bot token from the Discord developer portal (required; never logged)",
+    "api_base": "Discord's REST base URL (a REST proxy or a test server)",
+    "gateway_url": "Discord's gateway websocket URL",
+    "db_path": "the SQLite database file",
+    "output_dir": "where finished pictures (and downloaded attachments, in inputs/) are kept",
+    "models": "a models TOML file, or 'tiny' (built-in tiny random models for smoke runs)",
+    "device": "cuda, cuda:1 or cpu (default: the engine chooses)",
+    "guild_ids": "comma-separated guild ids to sync the commands to at once (default: global)",
+    "edit_interval": "seconds between two edits of one job's message",
+    "channel_edit_limit": "edits per channel_edit_window seconds across one channel's messages",
+    "channel_edit_window": "the window of channel_edit_limit, in seconds",
+    "token_lifetime": "seconds an interaction token lives (Discord: 15 minutes)",
+    "token_margin": "stop using a token this many seconds before it dies",
+    "max_attachment_bytes": "largest attachment downloaded, in bytes",
+    "max_image_pixels": "largest attachment decoded, in pixels (decompression bombs)",
+    "default_steps": "steps when /imagine leaves them out (default: the models file's)",
+    "max_steps": "most steps a user may ask for (re-rolls of older pictures included)",
+    "sizes": "comma-separated sizes users may pick, WIDTHxHEIGHT, the first the default",
+    "default_cutn": "CLIP cutouts per step",
+    "generators": "comma-separated generators users may pick, the first the default",
+    "progress_every": "a progress frame every this many steps",
+    "global_queue_cap": "jobs waiting in the whole bot at most",
+    "max_attempts": "times a job is tried again after a restart or a lost worker",
+    "worker_niceness": "CPU niceness of the painting thread, 0-19 (0 leaves it)",
+    "image_check_threshold": "CLIP similarity from which a picture shows a blocked concept",
+    "final_edit_attempts": "tries of a final edit before the picture counts as undelivered",
+    "redeliver_after": "seconds before an undelivered picture is sent again (then doubling)",
+    "retention_days": "delete pictures and attachments older than this (0: keep)",
+    "retention_max_gb": "then delete the oldest until they take at most this (0: no limit)",
+    "allow_dms": "take commands in direct messages (true/false)",
+    "attachment_origins": "comma-separated scheme://host origins attachments may come from",
+    "workers": "local (one GPU thread here) or ray",
+    "ray_address": "a Ray cluster to join (default: start a local one)",
+    "ray_workers": "Ray painters to start",
+    "ray_gpus": "GPUs each Ray painter asks for (0: CPU painters)",
+    "job_timeout": "seconds a job may paint before it is stopped",
+    "rank_per_minute": "/rank answers per user per minute",
+    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+}
+
+
+def settings_help() -> str:
+    """The settings as ``python -m bot --help`` lists them: environment name, TOML key,
+    default and what it does, all read from the definitions above."""
+    by_field = {name: env for env, name in ENV_NAMES.items()}
+    lines = [
+        "settings (environment variable, or the same key in the TOML file named by "
+        "IMAGINE_CONFIG; the environment wins):",
+    ]
+    for item in fields(Settings):
+        env = by_field.get(item.name, "")
+        if item.name == "token":
+            default = "required"
+        elif item.default is not MISSING:
+            value = item.default
+            if isinstance(value, tuple):
+                value = ",".join(map(str, value)) or "(none)"
+            default = "(none)" if value is None else str(value)
+        else:
+            default = "(none)"
+        lines.append(f"  {env or item.name:30} {item.name} = {default}")
+        lines.append(f"      {SETTING_HELP.get(item.name, '(no description)')}")
+    return "\n".join(lines)
