@@ -160,6 +160,52 @@ def _optional_float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class BotLimits:
+    """The operator's limits on what users may ask for, checked by the bot itself: Discord's
+    option ranges are only a hint to the app (a modified client sends anything), and a re-roll
+    or variation repeats an old job that may be above a limit lowered since.
+
+    ``sizes`` empty: any size the engine takes."""
+
+    max_steps: int | None = None
+    sizes: tuple[tuple[int, int], ...] = ()
+    max_prompt_chars: int = 1000
+
+    def check(self, spec: JobSpec) -> None:
+        """Raise Refused with a message that says what to ask for instead."""
+        again = spec.kind in ("reroll", "variation")
+        if len(spec.prompt) > self.max_prompt_chars:
+            raise Refused(
+                Refusal(
+                    f"The prompt has {len(spec.prompt)} characters; this bot takes at most "
+                    f"{self.max_prompt_chars}. Shorten it and try again."
+                )
+            )
+        if self.max_steps is not None and spec.steps > self.max_steps:
+            if again:
+                message = (
+                    f"This picture was painted with {spec.steps} steps, more than this bot's "
+                    f"limit of {self.max_steps} now, so it cannot be made again as it was. Run "
+                    f"/imagine with steps:{self.max_steps} or fewer."
+                )
+            else:
+                message = (
+                    f"Steps must be from 1 to {self.max_steps} on this bot, not {spec.steps}. "
+                    "Ask for fewer steps."
+                )
+            raise Refused(Refusal(message))
+        size = (spec.width, spec.height)
+        if self.sizes and size not in self.sizes:
+            offered = ", ".join(f"{w}x{h}" for w, h in self.sizes)
+            first = (
+                f"This picture is {spec.width}x{spec.height}, a size this bot no longer offers"
+                if again
+                else f"The size {spec.width}x{spec.height} is not offered on this bot"
+            )
+            raise Refused(Refusal(f"{first}; choose one of: {offered}."))
+
+
 class Admission:
     """The three steps above. ``admit`` runs all three and returns the queued job.
     ``precheck`` runs them without inserting, for a command that must do costly work first
@@ -172,9 +218,11 @@ class Admission:
         *,
         known_generators: tuple[str, ...] = (),
         global_queue_cap: int = db.DEFAULT_GLOBAL_QUEUE_CAP,
+        limits: BotLimits | None = None,
     ) -> None:
         self._conn = conn
         self.policy = policy
+        self.limits = limits if limits is not None else BotLimits()
         self._known_generators = known_generators
         self._global_queue_cap = global_queue_cap
         # A burst of commands commits its job rows together (group commit), each caller
@@ -182,7 +230,9 @@ class Admission:
         self._admitter = db.JobAdmitter(conn, global_queue_cap=global_queue_cap)
 
     def check_parameters(self, spec: JobSpec) -> None:
-        """Step 1: the engine's checks; raises Refused with its message."""
+        """Step 1: the bot's limits, then the engine's checks; raises Refused with its
+        message."""
+        self.limits.check(spec)
         try:
             spec.check()
             check_request(request_from_spec(spec), known_generators=self._known_generators)

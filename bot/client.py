@@ -22,7 +22,7 @@ from discord import app_commands
 from discord.ext import commands
 
 import db
-from bot.admission import Admission, BlockedTermsPolicy, PolicyChain
+from bot.admission import Admission, BlockedTermsPolicy, BotLimits, PolicyChain
 from bot.delivery import Delivery
 from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
@@ -30,7 +30,7 @@ from bot.progress import ReplyManager
 from bot.replies import JobReplySink
 from bot.retention import RetentionSweeper
 from bot.scheduler import Scheduler
-from bot.settings import Settings
+from bot.settings import Settings, parse_size
 from bot.ui import JobButton
 from generation.workers import Workers
 
@@ -87,6 +87,10 @@ class ImagineBot(commands.Bot):
             self.policy,
             known_generators=settings.generators or worker.generator_names(),
             global_queue_cap=settings.global_queue_cap,
+            limits=BotLimits(
+                max_steps=settings.max_steps,
+                sizes=tuple(parse_size(size) for size in settings.sizes),
+            ),
         )
         self.scheduler = Scheduler(
             conn,

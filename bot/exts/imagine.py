@@ -123,6 +123,14 @@ class ImagineCog(commands.Cog):
     ) -> None:
         settings = self.bot.settings
         jobs = self.bot.jobs
+        if size is not None and size not in settings.sizes:
+            # Discord offers only the choices, but a client may send anything.
+            await jobs.refuse(
+                interaction,
+                f"The size {render.shorten(size, 20)!r} is not offered on this bot; choose one "
+                f"of: {', '.join(settings.sizes)}.",
+            )
+            return
         width, height = parse_size(size) if size else settings.default_size
         generators = settings.generators or self.bot.worker.generator_names()
         if generator is not None and generator not in generators:

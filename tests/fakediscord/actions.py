@@ -67,6 +67,7 @@ class UserActions:
         locale: str = "en-US",
         require_registered: bool = True,
         enforce_permissions: bool = True,
+        check_values: bool = True,
     ) -> InteractionHandle:
         """A user runs /name (e.g. "imagine", or "queue clear" for a subcommand).
 
@@ -79,6 +80,9 @@ class UserActions:
             Discord app would not offer it; options are checked against the synced schema.
         enforce_permissions: refuse (PermissionError) when the member lacks the command's
             default_member_permissions, as Discord hides the command from them.
+        check_values: refuse (ValueError) values outside an option's choices, min_value /
+            max_value or min_length / max_length, as the Discord app does; False sends them
+            anyway, to test that the bot checks them itself.
         """
         return await self._command_interaction(
             interactions.APPLICATION_COMMAND,
@@ -91,6 +95,7 @@ class UserActions:
             locale=locale,
             require_registered=require_registered,
             enforce_permissions=enforce_permissions,
+            check_values=check_values,
         )
 
     async def send_autocomplete(
@@ -136,6 +141,7 @@ class UserActions:
         require_registered: bool,
         enforce_permissions: bool,
         focused: str | None = None,
+        check_values: bool = True,
     ) -> InteractionHandle:
         path = [*name.split(), *([subcommand] if isinstance(subcommand, str) else subcommand)]
         path = [p for part in path for p in part.split()]
@@ -154,6 +160,7 @@ class UserActions:
             guild=guild,
             command_id=int(command["id"]) if command else self.ids.next(),
             focused=focused,
+            check_values=check_values,
         )
         return await self._issue(
             type,

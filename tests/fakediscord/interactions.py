@@ -293,11 +293,15 @@ def build_command_data(
     guild: Any,
     command_id: int,
     focused: str | None = None,
+    check_values: bool = True,
 ) -> dict[str, Any]:
     """`data` of a CHAT_INPUT interaction: path is [command, group?, subcommand?].
 
     focused: for autocomplete, the option being typed (its value is partial text, and
-    required options may still be missing)."""
+    required options may still be missing).
+    check_values: refuse values outside the option's choices, min_value/max_value and
+    min_length/max_length, as the Discord app does; False sends them anyway (a modified client,
+    or a command definition that changed since the app read it)."""
     resolved: dict[str, dict[str, Any]] = {}
     schema_options: list[dict[str, Any]] | None = command.get("options", []) if command else None
     nested: list[tuple[str, int]] = []
@@ -325,7 +329,16 @@ def build_command_data(
         subs = [o["name"] for o in schema_options if o["type"] in (1, 2)]
         raise ValueError(f"/{' '.join(path)} needs a subcommand, one of {subs}")
 
-    leaf = _leaf_options(fake, path, options, schema_options, guild, resolved, focused=focused)
+    leaf = _leaf_options(
+        fake,
+        path,
+        options,
+        schema_options,
+        guild,
+        resolved,
+        focused=focused,
+        check_values=check_values,
+    )
     for sub, kind in reversed(nested):
         entry: dict[str, Any] = {"name": sub, "type": kind}
         if leaf:
@@ -351,6 +364,7 @@ def _leaf_options(
     resolved: dict[str, dict[str, Any]],
     *,
     focused: str | None = None,
+    check_values: bool = True,
 ) -> list[dict[str, Any]]:
     where = "/" + " ".join(path)
     by_name = {o["name"]: o for o in schema} if schema is not None else {}
@@ -378,12 +392,31 @@ def _leaf_options(
             result.append({"name": name, "type": kind, "value": str(value), "focused": True})
             continue
         wire = _option_value(fake, kind, value, guild, resolved, where=f"{where} {name}")
-        if spec and spec.get("choices"):
-            allowed = [c["value"] for c in spec["choices"]]
-            if wire not in allowed:
-                raise ValueError(f"{where}: {name}={wire!r} is not one of the choices {allowed}")
+        if spec and check_values:
+            _check_option_value(spec, wire, where=f"{where}: {name}")
         result.append({"name": name, "type": kind, "value": wire})
     return result
+
+
+def _check_option_value(spec: Mapping[str, Any], wire: Any, *, where: str) -> None:
+    """What the Discord app checks before it sends a command: the option's choices, the range
+    of a number and the length of a string. It does not let the user send anything else."""
+    if spec.get("choices"):
+        allowed = [c["value"] for c in spec["choices"]]
+        if wire not in allowed:
+            raise ValueError(f"{where}={wire!r} is not one of the choices {allowed}")
+    if spec["type"] in (OPT_INTEGER, OPT_NUMBER):
+        low, high = spec.get("min_value"), spec.get("max_value")
+        if low is not None and wire < low:
+            raise ValueError(f"{where}={wire!r} is below its min_value {low}")
+        if high is not None and wire > high:
+            raise ValueError(f"{where}={wire!r} is above its max_value {high}")
+    if spec["type"] == OPT_STRING:
+        shortest, longest = spec.get("min_length"), spec.get("max_length")
+        if shortest is not None and len(wire) < shortest:
+            raise ValueError(f"{where} is shorter than its min_length {shortest}")
+        if longest is not None and len(wire) > longest:
+            raise ValueError(f"{where} is longer than its max_length {longest}")
 
 
 def _infer_option_type(value: Any) -> int:
