@@ -108,21 +108,51 @@ class ModuleRecord:
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """What ``module.state_dict()`` would return: parameters, persistent buffers and
-        those of the submodules, under dotted names."""
-        attributes = self.attributes or {}
+        those of the submodules, under dotted names. The walk is bounded (a hostile file can
+        nest a record in itself or share children to make the walk exponential): beyond the
+        bounds it raises CheckpointError."""
         out: dict[str, torch.Tensor] = {}
-        transient = attributes.get("_non_persistent_buffers_set")
-        transient = transient if isinstance(transient, set) else set()
-        for group in ("_parameters", "_buffers"):
-            tensors = attributes.get(group)
-            for name, value in tensors.items() if isinstance(tensors, dict) else ():
-                if isinstance(value, torch.Tensor) and name not in transient:
-                    out[prefix + name] = value
-        children = attributes.get("_modules")
-        for name, child in children.items() if isinstance(children, dict) else ():
-            if isinstance(child, ModuleRecord):
-                out.update(child.state_dict(f"{prefix}{name}."))
+        _collect_tensors(self, prefix, out, ancestors=set(), budget=[MAX_MODULE_VISITS])
         return out
+
+
+# Bounds on walking whole pickled modules. Published ones (DALL-E's dVAE) nest about 5 levels
+# and hold a few hundred submodules; a module shared under two names counts once per name.
+MAX_MODULE_DEPTH = 64
+MAX_MODULE_VISITS = 100_000
+
+
+def _collect_tensors(
+    record: ModuleRecord,
+    prefix: str,
+    out: dict[str, torch.Tensor],
+    *,
+    ancestors: set[int],
+    budget: list[int],
+) -> None:
+    if id(record) in ancestors:
+        raise CheckpointError(f"a module that contains itself (at {prefix.rstrip('.')!r})")
+    if len(ancestors) >= MAX_MODULE_DEPTH:
+        raise CheckpointError(f"modules nested deeper than {MAX_MODULE_DEPTH} levels")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckpointError(
+            f"too many modules (over {MAX_MODULE_VISITS}, counting a shared one at each use)"
+        )
+    attributes = record.attributes or {}
+    transient = attributes.get("_non_persistent_buffers_set")
+    transient = transient if isinstance(transient, set) else set()
+    for group in ("_parameters", "_buffers"):
+        tensors = attributes.get(group)
+        for name, value in tensors.items() if isinstance(tensors, dict) else ():
+            if isinstance(value, torch.Tensor) and name not in transient:
+                out[f"{prefix}{name}"] = value
+    children = attributes.get("_modules")
+    ancestors.add(id(record))
+    for name, child in children.items() if isinstance(children, dict) else ():
+        if isinstance(child, ModuleRecord):
+            _collect_tensors(child, f"{prefix}{name}.", out, ancestors=ancestors, budget=budget)
+    ancestors.discard(id(record))
 
 
 _RECORD_CLASSES: dict[tuple[str, str], type[ModuleRecord]] = {}
@@ -197,7 +227,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     of an allow-listed class gives its module's state dict."""
     data = load_checkpoint(path)
     if isinstance(data, ModuleRecord):
-        data = data.state_dict()
+        try:
+            data = data.state_dict()
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"checkpoint {Path(path).name} cannot be read safely: {error}. It is damaged "
+                f"or made to harm; download it again from its publisher"
+            ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):

@@ -129,3 +129,87 @@ def test_a_pickle_without_tensors_is_refused(tmp_path) -> None:
 def test_missing_checkpoint_file(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_state_dict(tmp_path / "nope.ckpt")
+
+
+# ---- hostile whole-module pickles (issue 20.4) ----------------------------------------------
+
+
+class _StandInEncoder:
+    """Pickles under the allow-listed name dall_e.encoder.Encoder, so the reader turns it into a
+    ModuleRecord; its attributes are whatever a hostile file wants them to be."""
+
+
+_StandInEncoder.__module__ = "dall_e.encoder"
+_StandInEncoder.__qualname__ = _StandInEncoder.__name__ = "Encoder"
+
+
+def _save_modules(path: Path, top: _StandInEncoder, monkeypatch) -> None:
+    import dall_e.encoder
+
+    monkeypatch.setattr(dall_e.encoder, "Encoder", _StandInEncoder)
+    torch.save(top, path)
+    monkeypatch.undo()
+
+
+def _record(children: dict, tensors: dict | None = None) -> _StandInEncoder:
+    record = _StandInEncoder()
+    record.__dict__.update(_parameters=tensors or {}, _buffers={}, _modules=children)
+    return record
+
+
+def test_a_module_that_contains_itself_is_a_checkpoint_error(tmp_path, monkeypatch) -> None:
+    top = _record({}, {"w": torch.ones(2)})
+    top._modules["loop"] = top
+    path = tmp_path / "encoder.pkl"
+    _save_modules(path, top, monkeypatch)
+    with pytest.raises(CheckpointError, match="encoder.pkl.*contains itself"):
+        load_state_dict(path)
+
+
+def test_shared_children_cannot_make_the_reader_work_exponentially(tmp_path, monkeypatch) -> None:
+    # Each level holds the level below twice: 2**40 paths to the leaf in a file of a few KB.
+    level = _record({}, {"w": torch.ones(1)})
+    for _ in range(40):
+        level = _record({"a": level, "b": level})
+    path = tmp_path / "encoder.pkl"
+    _save_modules(path, level, monkeypatch)
+    assert path.stat().st_size < 20_000
+    with pytest.raises(CheckpointError, match="encoder.pkl.*too many"):
+        load_state_dict(path)
+
+
+def test_modules_nested_too_deep_are_a_checkpoint_error(tmp_path, monkeypatch) -> None:
+    level = _record({}, {"w": torch.ones(1)})
+    for _ in range(100):  # a published module nests about 5 deep; the bound is 64
+        level = _record({"m": level})
+    path = tmp_path / "encoder.pkl"
+    _save_modules(path, level, monkeypatch)
+    with pytest.raises(CheckpointError, match="encoder.pkl.*deeper than"):
+        load_state_dict(path)
+
+
+def test_a_module_shared_twice_appears_under_both_names(tmp_path, monkeypatch) -> None:
+    # As in torch: a submodule kept under two attribute names is in the state dict twice.
+    shared = _record({}, {"w": torch.arange(3.0)})
+    path = tmp_path / "encoder.pkl"
+    _save_modules(path, _record({"first": shared, "second": shared}), monkeypatch)
+    loaded = load_state_dict(path)
+    assert set(loaded) == {"first.w", "second.w"}
+    assert torch.equal(loaded["second.w"], torch.arange(3.0))
+
+
+def test_containers_nested_without_end_are_a_checkpoint_error(tmp_path) -> None:
+    # A checkpoint whose object is lists nested 100 000 deep, written by hand (pickle.dumps
+    # would recurse): it is read without recursing and refused for holding no tensors.
+    import zipfile
+
+    path = tmp_path / "nested.ckpt"
+    torch.save({"w": torch.ones(1)}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    nested = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, nested if name.endswith("/data.pkl") else data)
+    with pytest.raises(CheckpointError, match="nested.ckpt holds no state dict"):
+        load_state_dict(path)
