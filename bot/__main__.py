@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
@@ -88,6 +90,14 @@ def make_workers(settings: Settings) -> Workers:
 
 
 async def run(settings: Settings) -> int:
+    # SIGTERM (docker stop) and Ctrl-C are ours from the first moment, before anything slow:
+    # a stop while torch imports or the first model downloads must end the process cleanly,
+    # not be ignored (as PID 1 in a container) or kill it in the middle of a write.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
     # Imported here so that `python -m bot` with a bad setting fails fast, before torch loads.
     from bot.client import ImagineBot, point_discord_at
     from generation.worker import GpuWorker
@@ -98,39 +108,70 @@ async def run(settings: Settings) -> int:
     try:
         log.info("loading models (%s)", settings.models or "built-in defaults")
         try:
-            await worker.start()
+            started = await until_stopped(worker.start(), stop)
         except GenerationError as error:
             # No GPU, weights missing or damaged: one line that says what to do, no traceback.
             log.error("cannot start: %s", error)
             return 2 if isinstance(error, BadRequest) else 1
+        if not started:
+            log.info("stopped while the models were loading; nothing was lost")
+            return 0
         if isinstance(worker, GpuWorker):
             await lower_worker_priority(worker, settings.worker_niceness)
         facts = worker.describe()
         log.info("models loaded: %s", ", ".join(f"{k} {v}" for k, v in facts.items()))
+        if stop.is_set():
+            log.info("stopped before connecting to Discord")
+            return 0
         bot = ImagineBot(settings, conn, worker)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            # A graceful stop leaves the running job 'running' so the next start resumes it.
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
-        async with bot:
-            try:
-                await bot.start(settings.token)
-            except discord.LoginFailure:
-                log.error("Discord refused the token (DISCORD_TOKEN); check it in the portal")
-                return 1
-            except (aiohttp.ClientError, OSError) as error:
-                # No network, DNS, a proxy down: one line, not discord.py's traceback.
-                log.error(
-                    "cannot reach Discord at %s (%s); check the network or "
-                    "DISCORD_API_BASE, then start again",
-                    settings.api_base,
-                    error.__class__.__name__ + (f": {error}" if str(error) else ""),
-                )
-                return 1
+        # A graceful stop leaves the running job 'running' so the next start resumes it.
+        closer = asyncio.create_task(close_on(stop, bot))
+        try:
+            async with bot:
+                try:
+                    await bot.start(settings.token)
+                except discord.LoginFailure:
+                    log.error("Discord refused the token (DISCORD_TOKEN); check it in the portal")
+                    return 1
+                except (aiohttp.ClientError, OSError) as error:
+                    # No network, DNS, a proxy down: one line, not discord.py's traceback.
+                    log.error(
+                        "cannot reach Discord at %s (%s); check the network or "
+                        "DISCORD_API_BASE, then start again",
+                        settings.api_base,
+                        error.__class__.__name__ + (f": {error}" if str(error) else ""),
+                    )
+                    return 1
+        finally:
+            closer.cancel()
     finally:
         await worker.close()
         await conn.close()
     return 0
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` until it ends (True) or ``stop`` is set first (False: ``work`` is
+    cancelled). Its exceptions propagate."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def close_on(stop: asyncio.Event, bot: discord.Client) -> None:
+    await stop.wait()
+    log.info("stopping (signal received)")
+    await bot.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

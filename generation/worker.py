@@ -145,6 +145,8 @@ class GpuWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # True while the first thread loads the models (downloads included).
+        self._loading = False
         # Bumped when a stuck thread is abandoned; a thread whose number is stale stops.
         self._generation = 0
         self.threads_replaced = 0
@@ -160,6 +162,7 @@ class GpuWorker:
             raise RuntimeError("the worker is already started")
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
+        self._loading = True
         self._thread = threading.Thread(
             target=self._thread_main, args=(ready, self._generation), name="gpu-worker", daemon=True
         )
@@ -177,7 +180,12 @@ class GpuWorker:
         if current is not None:
             current.handle.cancel()
         self._wake.set()
-        if self._thread is not None:
+        if self._thread is not None and self._loading:
+            # A download or a load cannot be interrupted, and a stop must not wait for one
+            # (a first download can take many minutes): the thread is a daemon, it ends with
+            # the process, and a half-downloaded file is never used (weights.py).
+            log.info("stopping while the models load; not waiting for the load to finish")
+        elif self._thread is not None:
             await asyncio.to_thread(self._thread.join)
         self._fail_pending(GenerationError("the worker was shut down; the job was not finished"))
 
@@ -331,8 +339,10 @@ class GpuWorker:
                 if callable(warm):
                     warm()  # load CLIP now, so the first job and moderation checks don't wait
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting start()
+                self._loading = False
                 self._resolve(ready, error=error)
                 return
+            self._loading = False
             self._resolve(ready, None)
         while not self._stopping.is_set() and generation == self._generation:
             self._run_calls()

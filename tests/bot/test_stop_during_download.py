@@ -1,0 +1,111 @@
+"""A stop (SIGTERM, as `docker stop` sends) while the first model download runs ends
+`python -m bot` at once and cleanly: exit code 0, one log line, no traceback, and no
+half-downloaded file where the weights belong."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 180.0  # a cold start imports torch before it asks for the weights
+STOP_TIMEOUT = 30.0  # far below the download's own 60 s read timeout
+
+
+class StalledDownload(http.server.ThreadingHTTPServer):
+    """Announces a 1 GB file, sends 1 MiB of it, then stalls until released."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _StallingHandler)
+        self.requested = threading.Event()
+        self.release = threading.Event()
+
+
+class _StallingHandler(http.server.BaseHTTPRequestHandler):
+    server: StalledDownload
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**9))
+        self.end_headers()
+        self.wfile.write(b"\0" * (1 << 20))
+        self.wfile.flush()
+        self.server.requested.set()
+        self.server.release.wait(STARTUP_TIMEOUT)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stalled() -> Iterator[StalledDownload]:
+    server = StalledDownload()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_first_download_exits_cleanly(
+    stalled: StalledDownload, tmp_path: Path
+) -> None:
+    port = stalled.server_address[1]
+    cache = tmp_path / "cache"
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'cache_dir = "{cache}"\n'
+        "download = true\n"
+        "[[clip]]\n"
+        'model = "ViT-B-32"\n'
+        f'pretrained = "http://127.0.0.1:{port}/open_clip_model.safetensors"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "IMAGINE_"))}
+    env.update(
+        DISCORD_TOKEN="not-a-real-token",
+        # Never reached: the stop comes before the bot connects.
+        DISCORD_API_BASE="http://127.0.0.1:9/api/v10",
+        DISCORD_GATEWAY_URL="ws://127.0.0.1:9/gateway",
+        IMAGINE_DB=str(tmp_path / "imagine.db"),
+        IMAGINE_OUTPUT_DIR=str(tmp_path / "outputs"),
+        IMAGINE_MODELS=str(models),
+        IMAGINE_GENERATORS="pixels",
+        IMAGINE_DEVICE="cpu",
+    )
+    log_path = tmp_path / "bot.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot"], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    try:
+        waited = 0.0
+        while not stalled.requested.wait(0.5):  # the request, or the bot's early exit
+            waited += 0.5
+            if process.poll() is not None or waited > STARTUP_TIMEOUT:
+                pytest.fail(f"the bot never asked for the weights:\n{log_path.read_text()}")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=STOP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "stopped while the models were loading" in output
+    assert "Traceback" not in output
+    downloaded = [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".part")]
+    assert downloaded == [], f"a half-downloaded file would be used: {downloaded}"
