@@ -3,6 +3,7 @@ promised, conditions on what the request says, and refuses models that do not fi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,7 @@ def test_the_returned_picture_is_the_candidate_clip_ranks_best(monkeypatch) -> N
 
 def test_text_conditioning_is_the_renormalised_weighted_sum(monkeypatch) -> None:
     store = store_with()
-    sampled = Spy(monkeypatch, "sample_tokens")
+    sampled = Spy(monkeypatch, "start_sampling")
     result, _ = run(store, request(NAME, prompt="a red fox:1 | snow:-0.5"))
     cond = sampled.calls[0][0][1][0]  # [E]: every candidate gets the same conditioning
     text = store.perceptor().encode_text(["a red fox", "snow"])[0]  # [2, E]
@@ -149,7 +150,7 @@ def test_image_prompt_conditions_on_the_image_embedding(monkeypatch, tmp_path) -
     """Text weight 0 and an image prompt: the model sees the image's CLIP embedding."""
     store = store_with()
     picture = _picture(tmp_path / "prompt.png")
-    sampled = Spy(monkeypatch, "sample_tokens")
+    sampled = Spy(monkeypatch, "start_sampling")
     result, _ = run(store, request(NAME, prompt="a red fox:0", image_prompts=(picture,)))
     cond = sampled.calls[0][0][1][0]
     assert torch.allclose(cond, _image_embedding(store, picture), atol=1e-5)
@@ -161,7 +162,7 @@ def test_image_prompt_conditions_on_the_image_embedding(monkeypatch, tmp_path) -
 def test_a_variation_conditions_on_the_init_image_alone(monkeypatch, tmp_path) -> None:
     store = store_with()
     picture = _picture(tmp_path / "parent.png")
-    sampled = Spy(monkeypatch, "sample_tokens")
+    sampled = Spy(monkeypatch, "start_sampling")
     result, _ = run(store, request(NAME, init_image=picture))
     assert torch.allclose(sampled.calls[0][0][1][0], _image_embedding(store, picture), atol=1e-5)
     assert result.metadata["conditioning"] == "init image"
@@ -174,18 +175,21 @@ def test_refine_steps_run_the_vqgan_loop_from_the_best_candidate(monkeypatch) ->
     unrefined picture itself, and the picture changes."""
     plain, _ = run(store_with(), request(NAME))
     optimised = []
-    original = vqgan.optimise
+    original = vqgan.begin
 
     def spy(*args, **kwargs):
         optimised.append(kwargs["steps"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(vqgan, "optimise", spy)
+    monkeypatch.setattr(vqgan, "begin", spy)
     refined, frames = run(store_with(refine_steps=3), request(NAME, learning_rate=0.5))
     assert optimised == [3]
     assert [f.step for f in frames] == list(range(1, GRID + 4))
     assert refined.steps_done == GRID + 3
-    assert frames[GRID].image.tobytes() == plain.image.tobytes()  # refinement starts there
+    # Refinement starts from the unrefined picture: the same codes, decoded alone rather than in
+    # the candidates' batch, so float rounding may move a pixel by one level, never more.
+    start = np.asarray(frames[GRID].image, dtype=np.int16)
+    assert np.abs(start - np.asarray(plain.image, dtype=np.int16)).max() <= 1
     assert refined.image.tobytes() != plain.image.tobytes()
     assert refined.metadata["refine_steps"] == "3"
 
