@@ -22,14 +22,28 @@ Diffusion's advice to skip about half the steps to keep an init image's shapes: 
 schedule of pixel models it leaves 0.28 of the image's amplitude, about what img2img's 0.75
 leaves on Stable Diffusion's gentler schedule (0.24).
 
+The default model is OpenAI's unconditional 256 px ImageNet model from guided-diffusion (the
+prior of Disco Diffusion and of Crowson's CLIP-guided diffusion), an ADM UNet
+(``generation.adm_unet``) that predicts 6 channels: the noise, and ``v``, which places the
+variance of each step between the posterior variance and beta in log space ("learned sigma").
+The guidance uses the noise. DDPM steps use the learned variance (diffusers' ``learned_range``);
+DDIM has no variance to learn (eta sets its noise), so it uses the noise alone.
+
 Keys of ``[generators.diffusion]`` in the models TOML (all optional):
 
-    model = "google/ddpm-ema-church-256"  # a hub id or a local folder saved by diffusers, or
-                                          # "random": random weights (tests, benchmarks) with
+    model = "openai_256_uncond"           # a [generators.diffusion.models.<name>] table; or an
+                                          # ADM checkpoint (.pt state dict: a path, hf:// or
+                                          # URL); or a hub id or local folder saved by diffusers;
+                                          # or "random": random weights (tests, benchmarks) with
                                           # the architecture of unet_config / scheduler_config
                                           # (default: the tiny ones; "tiny" is the same)
-    unet_config = "ddpm-256-unet.json"    # "random" only: relative to the TOML, or shipped in
-    scheduler_config = "ddpm-256-scheduler.json"  # generation/configs
+    unet_config = "adm-256-uncond.json"   # ADM checkpoints and "random": relative to the TOML,
+    scheduler_config = "adm-scheduler.json"  # or shipped in generation/configs (ADM JSONs
+                                          # say "_class_name": "ADMUNet"; others are diffusers')
+
+A named table holds ``checkpoint`` (or a diffusers ``model``) and may hold ``unet_config`` and
+``scheduler_config``; the shipped defaults name ``openai_256_uncond`` and ``openai_512_uncond``
+(sizes must then be multiples of 32 and 64).
     unet_subfolder = ""         # where config.json of the UNet is ("unet" for pipeline layouts)
     scheduler_subfolder = ""    # where scheduler_config.json is ("scheduler" for pipelines)
     scheduler = "ddim"          # "ddim" or "ddpm"
@@ -39,7 +53,8 @@ Keys of ``[generators.diffusion]`` in the models TOML (all optional):
     grad_through_unet = true    # back-propagate through the UNet (better, ~3x the compute)
 
 Hub weights are cached under the models file's cache_dir (``hub/``); ``.bin`` files are read by
-diffusers with ``torch.load(weights_only=True)``, which builds only tensors.
+diffusers with ``torch.load(weights_only=True)``, which builds only tensors. ADM ``.pt`` files
+are plain state dicts, read by generation.checkpoints' allow-listing reader (tensors only).
 """
 
 from __future__ import annotations
@@ -53,11 +68,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from generation.adm_unet import ADMConfig, ADMUNet, is_adm_config
+from generation.checkpoints import load_into, load_state_dict
 from generation.errors import BadRequest, CheckpointError, WeightsNotFound
 from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import clamp_with_grad, report, torch_generator
 from generation.models import CONFIG_DIR, ModelStore
+from generation.models_config import is_remote
 from generation.request import (
     GenerationRequest,
     GenerationResult,
@@ -69,7 +87,13 @@ from generation.request import (
 log = logging.getLogger(__name__)
 
 NAME = "diffusion"
-DEFAULT_MODEL = "google/ddpm-ema-church-256"
+# OpenAI's unconditional 256 px ImageNet model (guided-diffusion, MIT licence).
+DEFAULT_MODEL = (
+    "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
+)
+ADM_UNET = CONFIG_DIR / "adm-256-uncond.json"
+ADM_SCHEDULER = CONFIG_DIR / "adm-scheduler.json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 TINY = "tiny"
 RANDOM = "random"
 TINY_UNET = CONFIG_DIR / "tiny-diffusion-unet.json"
@@ -77,10 +101,12 @@ TINY_SCHEDULER = CONFIG_DIR / "tiny-diffusion-scheduler.json"
 SCHEDULERS = ("ddim", "ddpm")
 DEFAULT_STRENGTH = 0.5  # share of the schedule run from a noised init image (see above)
 HOW_TO_GET = (
-    "Set model = under [generators.diffusion] in your models TOML (IMAGINE_MODELS) to a folder "
+    "Set model = under [generators.diffusion] in your models TOML (IMAGINE_MODELS) to an ADM "
+    "checkpoint such as 256x256_diffusion_uncond.pt (a path or its URL, see "
+    "generation/configs/defaults.toml) with unet_config = its architecture JSON, or to a folder "
     "saved by diffusers (config.json + diffusion_pytorch_model.safetensors, and "
-    "scheduler_config.json), or to a Hugging Face Hub id such as google/ddpm-ema-church-256 "
-    "and run once with network access so it downloads into the cache."
+    "scheduler_config.json) or a Hugging Face Hub id such as google/ddpm-ema-church-256, and "
+    "run once with network access so it downloads into the cache."
 )
 
 
@@ -99,21 +125,30 @@ class DiffusionSettings:
 
 @dataclass
 class DiffusionModel:
-    unet: nn.Module  # a diffusers UNet2DModel, frozen, on the store's device
+    unet: nn.Module  # a diffusers UNet2DModel or an ADMUNet, frozen, on the store's device
     scheduler_config: dict[str, Any]  # a fresh scheduler is made per run: they hold state
     name: str  # for metadata
     factor: int  # width and height must be multiples of this
 
 
 def settings_for(store: ModelStore) -> DiffusionSettings:
-    """[generators.diffusion] of the models TOML, over the defaults."""
+    """[generators.diffusion] of the models TOML, over the defaults; a model that names a
+    [generators.diffusion.models.<name>] table takes that table's keys."""
     section = dict(store.config.generator_section(NAME))
     default = TINY if store.is_tiny else DEFAULT_MODEL
+    spec = str(section.get("model", section.get("default", default)))
+    named = section.get("models", {}).get(spec)
+    if isinstance(named, dict):
+        section.update(named)
+        spec = str(named.get("checkpoint", named.get("model", "")))
+    checkpoint = is_checkpoint(spec)
+    unet_default = ADM_UNET if checkpoint else TINY_UNET
+    scheduler_default = ADM_SCHEDULER if checkpoint else TINY_SCHEDULER
     try:
         settings = DiffusionSettings(
-            model=resolve_spec(store, str(section.get("model", default))),
-            unet_config=config_file(store, section.get("unet_config"), TINY_UNET),
-            scheduler_config=config_file(store, section.get("scheduler_config"), TINY_SCHEDULER),
+            model=resolve_spec(store, spec),
+            unet_config=config_file(store, section.get("unet_config"), unet_default),
+            scheduler_config=config_file(store, section.get("scheduler_config"), scheduler_default),
             unet_subfolder=str(section.get("unet_subfolder", "")),
             scheduler_subfolder=str(section.get("scheduler_subfolder", "")),
             scheduler=str(section.get("scheduler", "ddim")),
@@ -145,7 +180,12 @@ def load_model(store: ModelStore, settings: DiffusionSettings | None = None) -> 
 def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    if settings.model in (TINY, RANDOM):
+    if is_checkpoint(settings.model) or (
+        settings.model in (TINY, RANDOM) and is_adm_config(settings.unet_config)
+    ):
+        unet = load_adm(store, settings)
+        scheduler_config = dict(DDPMScheduler.load_config(settings.scheduler_config))
+    elif settings.model in (TINY, RANDOM):
         with store.seeded_init(0):
             unet = UNet2DModel.from_config(UNet2DModel.load_config(settings.unet_config))
         scheduler_config = dict(DDPMScheduler.load_config(settings.scheduler_config))
@@ -160,11 +200,49 @@ def _load(store: ModelStore, settings: DiffusionSettings) -> DiffusionModel:
             ).config
         )
     name = model_name(settings.model, settings.unet_config)
-    check_supported(name, unet.config.in_channels, unet.config.out_channels, scheduler_config)
+    check_supported(
+        name,
+        unet.config.in_channels,
+        unet.config.out_channels,
+        scheduler_config,
+        learned_variance_ok=True,
+    )
     unet = unet.to(store.device).eval().requires_grad_(False)
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     log.info("loaded diffusion UNet %s (factor %d)", name, factor)
     return DiffusionModel(unet, scheduler_config, name, factor)
+
+
+def load_adm(store: ModelStore, settings: DiffusionSettings) -> ADMUNet:
+    """An ADM UNet of ``unet_config``'s architecture with the checkpoint's weights (a plain
+    state dict, read tensors-only), or random ones for "tiny" / "random"."""
+    try:
+        config = ADMConfig.from_json(settings.unet_config)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"ADM UNet config {settings.unet_config}: {error}") from None
+    with store.seeded_init(0):
+        unet = ADMUNet(config)
+    if settings.model in (TINY, RANDOM):
+        return unet
+    path = store.resolve(settings.model, what=f"diffusion model {settings.model}",
+                         how_to_get=HOW_TO_GET)  # fmt: skip
+    load_into(
+        unet,
+        load_state_dict(path),
+        path.name,
+        hint=f"unet_config ({Path(settings.unet_config).name}) must be the checkpoint's "
+        f"architecture (adm-256-uncond.json or adm-512-uncond.json for OpenAI's models)",
+    )
+    return unet
+
+
+def is_checkpoint(spec: str) -> bool:
+    """A single weight file (a path, hf:// or URL), not a diffusers folder or hub id."""
+    if spec.startswith("hf://"):
+        return True
+    if is_remote(spec):
+        return True
+    return spec.lower().endswith(CHECKPOINT_SUFFIXES) or Path(spec).expanduser().is_file()
 
 
 def from_pretrained(
@@ -218,13 +296,15 @@ def model_name(spec: str, config: str) -> str:
         return f"random {Path(config).stem}"
     if spec == TINY or is_hub_id(spec):
         return spec
+    if is_remote(spec):
+        return spec.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
     return Path(spec).name
 
 
 def resolve_spec(store: ModelStore, spec: str) -> str:
     """A model spec from the TOML: "tiny", a hub id, or a local folder (relative paths are
     relative to the TOML file, and win over a hub id of the same spelling when they exist)."""
-    if spec in (TINY, RANDOM):
+    if spec in (TINY, RANDOM) or is_remote(spec):
         return spec
     local = Path(store.config.path(spec))
     return str(local) if local.exists() or not is_hub_id(spec) else spec
@@ -241,16 +321,35 @@ def is_hub_id(spec: str) -> bool:
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
+LEARNED_VARIANCE = ("learned", "learned_range")
+
+
 def check_supported(
-    name: str, in_channels: int, out_channels: int, scheduler_config: dict[str, Any]
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    scheduler_config: dict[str, Any],
+    *,
+    learned_variance_ok: bool = False,
 ) -> None:
-    """Refuse, at load time, models whose output the guidance cannot interpret."""
+    """Refuse, at load time, models whose output the guidance cannot interpret. With
+    ``learned_variance_ok``, a model with twice the channels out (noise + variance) passes when
+    its scheduler config says how to read the variance (variance_type learned_range)."""
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise CheckpointError(
             f"{name}: prediction type {prediction_type!r} is not supported; use a model that "
             f"predicts {', '.join(PREDICTION_TYPES)}"
         )
+    learned = scheduler_config.get("variance_type") in LEARNED_VARIANCE
+    if learned_variance_ok and out_channels == 2 * in_channels:
+        if not learned or prediction_type != "epsilon":
+            raise CheckpointError(
+                f"{name} outputs {out_channels} channels (noise and variance): its scheduler "
+                f'config needs variance_type "learned_range" and prediction_type "epsilon" '
+                f"(generation/configs/adm-scheduler.json)"
+            )
+        return
     if out_channels != in_channels:
         raise CheckpointError(
             f"{name} outputs {out_channels} channels for {in_channels} in (a learned-variance "
@@ -380,7 +479,8 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             unet_input = x_t if settings.grad_through_unet else x_t.detach()
             model_input = scheduler.scale_model_input(unet_input, t)
             with store.autocast():
-                output = unet(model_input, t).sample.float()  # [1, 3, H, W]
+                output = predict(unet, model_input, t)  # [1, 3 or 6, H, W]
+            output, variance = split_variance(output, x_t.shape[1])  # [1, 3, H, W] each
             eps = to_epsilon(output, x_t, alpha_bar, prediction_type)
             original = predicted_original(eps, x_t, alpha_bar)  # [1, 3, H, W] in ~[-1, 1]
             image = clamp_with_grad((original + 1) / 2)  # [1, 3, H, W] in [0, 1]
@@ -397,6 +497,9 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         # 7. Shift the predicted noise along the gradient and let the scheduler step.
         guided_eps = eps.detach() + (1 - alpha_bar).sqrt() * grad
         guided_output = from_epsilon(guided_eps, sample, alpha_bar, prediction_type)
+        if variance is not None and settings.scheduler == "ddpm":
+            # DDPM draws its noise with the learned variance (variance_type learned_range).
+            guided_output = torch.cat([guided_output, variance.detach()], dim=1)  # [1, 6, H, W]
         sample = scheduler.step(
             guided_output,
             t,
@@ -426,6 +529,21 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             "skip_steps": str(skipped),
         },
     )
+
+
+def predict(unet: nn.Module, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The UNet's output as a float tensor: diffusers wraps it in ``.sample``, ADM does not."""
+    output = unet(sample, t)
+    return getattr(output, "sample", output).float()
+
+
+def split_variance(output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, 2C, H, W] -> (noise [B, C, H, W], variance interpolation v [B, C, H, W]);
+    a C-channel output has no variance (None)."""
+    if output.shape[1] == 2 * channels:
+        eps, variance = output.split(channels, dim=1)
+        return eps, variance
+    return output, None
 
 
 def step_kwargs(scheduler: str, eta: float) -> dict[str, Any]:
