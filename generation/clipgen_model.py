@@ -28,6 +28,7 @@ from torch import nn
 from generation.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"  # the EMA of the weights, beside the raw ones; sampling prefers it
 CONFIG_FILE = "config.json"
 FORMAT = "clipgen/1"
 TRAIN_HINT = (
@@ -55,6 +56,12 @@ class ClipGenConfig:
     n_head: int = 4
     n_embd: int = 96
     dropout: float = 0.0
+    # A learned "no condition" prefix (trained by condition dropout): classifier-free guidance.
+    null_cond: bool = False
+    # HFAiLab/clip-gen's published models (generation.clipgen_hfai): the exact GELU, and an
+    # output head of its own with a bias instead of GPT-2's, which shares the token embedding.
+    activation: str = "gelu_new"  # transformers' name; GPT-2's tanh approximation
+    tied_head: bool = True
 
     @property
     def n_tokens(self) -> int:
@@ -72,6 +79,9 @@ class ClipGenConfig:
             "n_head",
             "n_embd",
             "dropout",
+            "null_cond",
+            "activation",
+            "tied_head",
         }
         if missing:
             raise ValueError(f"missing {', '.join(sorted(missing))}")
@@ -98,20 +108,44 @@ class ClipGen(nn.Module):
             resid_pdrop=config.dropout,
             embd_pdrop=config.dropout,
             attn_pdrop=config.dropout,
+            activation_function=config.activation,
+            tie_word_embeddings=config.tied_head,
             bos_token_id=None,
             eos_token_id=None,
         )
         self.gpt = GPT2LMHeadModel(gpt_config)
+        if not config.tied_head:
+            self.gpt.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        if config.null_cond:
+            self.null_prefix = nn.Parameter(0.02 * torch.randn(config.n_prefix, config.n_embd))
 
-    def prefix_embeds(self, cond: torch.Tensor) -> torch.Tensor:
-        """cond [B, E] -> [B, n_prefix, n_embd] (the embedding is L2-normalised first)."""
+    def prefix_embeds(self, cond: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """cond [B, E] -> [B, n_prefix, n_embd] (the embedding is L2-normalised first); where
+        ``drop`` [B] (bool) is set, the learned null prefix instead (condition dropout)."""
         cond = F.normalize(cond.float(), dim=-1).to(self.prefix.weight.dtype)
-        return self.prefix(cond).view(cond.shape[0], self.config.n_prefix, self.config.n_embd)
+        prefix = self.prefix(cond).view(cond.shape[0], self.config.n_prefix, self.config.n_embd)
+        if drop is not None:
+            # torch.where keeps the null prefix in the graph even when nothing is dropped, so
+            # DDP sees every parameter used.
+            null = self.null_prefix.to(prefix.dtype).expand_as(prefix)
+            prefix = torch.where(drop.view(-1, 1, 1), null, prefix)
+        return prefix
 
-    def forward(self, cond: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def null_embeds(self, batch: int) -> torch.Tensor:
+        """The unconditional prefix [batch, n_prefix, n_embd] (a model with null_cond only)."""
+        if not self.config.null_cond:
+            raise ValueError(
+                "this clipgen model has no unconditional prefix (train it with --cond-dropout "
+                "above 0 to use guidance)"
+            )
+        return self.null_prefix.expand(batch, -1, -1)
+
+    def forward(
+        self, cond: torch.Tensor, tokens: torch.Tensor, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """cond [B, E], tokens [B, T] -> logits [B, T, V]; logits[:, t] predicts tokens[:, t]
-        from the prefix and tokens[:, :t]."""
-        prefix = self.prefix_embeds(cond)  # [B, P, C]
+        from the prefix and tokens[:, :t]. ``drop`` [B]: condition dropout (null_cond models)."""
+        prefix = self.prefix_embeds(cond, drop)  # [B, P, C]
         seen = self.gpt.transformer.wte(tokens[:, :-1])  # [B, T-1, C]
         embeds = torch.cat([prefix, seen], dim=1)  # [B, P+T-1, C]
         logits = self.gpt(inputs_embeds=embeds, use_cache=False).logits  # [B, P+T-1, V]
@@ -150,14 +184,14 @@ def sample_tokens(
     generator: torch.Generator,
     on_row: Callable[[int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], None] | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """cond [B, E] -> tokens [B, T], one candidate per row of ``cond``, with the KV cache.
 
     ``on_row(row, tokens_so_far [B, (row+1)*grid_w])`` runs after each full token row;
     ``should_stop()`` runs before each row and may raise to cancel. Same generator state,
-    same tokens. ``generator`` must live on the model's device."""
-    from transformers import DynamicCache
-
+    same tokens. ``generator`` must live on the model's device. ``guidance``: classifier-free
+    guidance (start_sampling)."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     config = model.config
@@ -165,22 +199,92 @@ def sample_tokens(
     cond = cond.to(device)
     batch = cond.shape[0]
     tokens = torch.empty(batch, config.n_tokens, dtype=torch.long, device=device)
-    embeds = model.prefix_embeds(cond)  # [B, P, C]: the first step feeds the whole prefix
-    # The KV cache grows in place. It is passed by position: transformers 5 renamed the
-    # argument (past_key_values -> cache).
-    cache = DynamicCache()
+    cache, embeds = start_sampling(model, cond, guidance=guidance)
     for t in range(config.n_tokens):
         if t % config.grid_w == 0 and should_stop is not None:
             should_stop()
-        out = model.gpt(None, cache, inputs_embeds=embeds, use_cache=True)
-        logits = out.logits[:, -1].float() / temperature  # [B, V]
-        logits = filter_logits(logits, top_k=top_k, top_p=top_p)
-        probs = logits.softmax(-1)  # [B, V]
-        tokens[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tokens[:, t] = sample_next(
+            model, cache, embeds, [(batch, generator)], temperature, top_k, top_p
+        )
         embeds = model.gpt.transformer.wte(tokens[:, t : t + 1])  # [B, 1, C]
         if on_row is not None and (t + 1) % config.grid_w == 0:
             on_row(t // config.grid_w, tokens[:, : t + 1])
     return tokens
+
+
+class GuidedCache:
+    """The KV cache of classifier-free guidance: 2B rows, the B conditioned ones then the same
+    B unconditioned (the learned null prefix). Callers see B rows: sample_next feeds both halves
+    and mixes their logits, batch_select_indices keeps a row in both halves."""
+
+    def __init__(self, inner: Any, pending: torch.Tensor, guidance: float) -> None:
+        self.inner = inner
+        self.pending: torch.Tensor | None = pending  # [B, P+t, C]: the unconditioned first feed
+        self.guidance = guidance
+        self.rows = pending.shape[0]
+
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        self.inner.batch_select_indices(torch.cat([index, index + self.rows]))
+        if self.pending is not None:
+            self.pending = self.pending[index]
+        self.rows = len(index)
+
+
+def start_sampling(
+    model: ClipGen, cond: torch.Tensor, tokens: torch.Tensor | None = None, guidance: float = 1.0
+) -> tuple[Any, torch.Tensor]:
+    """A fresh KV cache and what the first step feeds: the prefix of ``cond`` [B, E], then the
+    tokens [B, t] already sampled (a batch that lost its cache picks up where it was).
+
+    ``guidance`` g != 1 (a null_cond model): classifier-free guidance; each step's logits
+    become unconditional + g * (conditional - unconditional) (GuidedCache)."""
+    from transformers import DynamicCache
+
+    embeds = model.prefix_embeds(cond)  # [B, P, C]
+    unconditional = model.null_embeds(cond.shape[0]).to(embeds.dtype) if guidance != 1 else None
+    if tokens is not None and tokens.shape[1] > 0:
+        seen = model.gpt.transformer.wte(tokens)  # [B, t, C]
+        embeds = torch.cat([embeds, seen], dim=1)  # [B, P+t, C]
+        if unconditional is not None:
+            unconditional = torch.cat([unconditional, seen], dim=1)
+    if unconditional is not None:
+        return GuidedCache(DynamicCache(), unconditional, guidance), embeds
+    return DynamicCache(), embeds
+
+
+def sample_next(
+    model: ClipGen,
+    cache: Any,
+    embeds: torch.Tensor,
+    draws: list[tuple[int, torch.Generator]],
+    temperature: float,
+    top_k: int,
+    top_p: float,
+) -> torch.Tensor:
+    """Feed ``embeds`` [B, n, C] (the cache grows in place) and sample the next token [B].
+
+    ``draws``: (rows, generator) for consecutive groups of rows; each group's tokens are drawn
+    from its own generator, so jobs batched together draw exactly what each would alone."""
+    # The cache is passed by position: transformers 5 renamed the argument (past_key_values ->
+    # cache).
+    if isinstance(cache, GuidedCache):
+        unconditional = embeds if cache.pending is None else cache.pending
+        cache.pending = None
+        feed = torch.cat([embeds, unconditional])  # [2B, n, C]
+        both = model.gpt(None, cache.inner, inputs_embeds=feed, use_cache=True).logits[:, -1]
+        conditional, unconditional = both.float().chunk(2)  # [B, V] each
+        logits = unconditional + cache.guidance * (conditional - unconditional)
+    else:
+        out = model.gpt(None, cache, inputs_embeds=embeds, use_cache=True)
+        logits = out.logits[:, -1].float()  # [B, V]
+    logits = logits / temperature
+    logits = filter_logits(logits, top_k=top_k, top_p=top_p)
+    probs = logits.softmax(-1)  # [B, V]
+    picked, first = [], 0
+    for rows, generator in draws:
+        picked.append(torch.multinomial(probs[first : first + rows], 1, generator=generator))
+        first += rows
+    return torch.cat(picked).squeeze(1)  # [B]
 
 
 # --------------------------------------------------------------------------- VQGAN tokens
@@ -227,29 +331,43 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         temp.unlink(missing_ok=True)
 
 
-def save_model(model: ClipGen, meta: dict[str, Any], out_dir: str | Path) -> None:
-    """``out_dir``/model.safetensors + config.json (config + meta), each written atomically;
-    the weights go first, so config.json (what load_model reads first) is the last word."""
+def _weights(model: ClipGen) -> dict[str, torch.Tensor]:
+    # GPT-2 ties lm_head to wte; safetensors refuses shared storage, so store wte once (an
+    # untied head is stored as itself).
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if k != "gpt.lm_head.weight" or not model.config.tied_head
+    }
+
+
+def save_model(
+    model: ClipGen, meta: dict[str, Any], out_dir: str | Path, *, ema: ClipGen | None = None
+) -> None:
+    """``out_dir``/model.safetensors (+ ema.safetensors with ``ema``) + config.json (config +
+    meta), each written atomically; the weights go first, so config.json (what load_model
+    reads first) is the last word."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_id = uuid.uuid4().hex
-    # GPT-2 ties lm_head to wte; safetensors refuses shared storage, so store wte once.
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if k != "gpt.lm_head.weight"
-    }
+    metadata = {"format": FORMAT, "save_id": save_id}
     atomic_write(
-        out_dir / WEIGHTS_FILE,
-        lambda p: save_file(state, str(p), metadata={"format": FORMAT, "save_id": save_id}),
+        out_dir / WEIGHTS_FILE, lambda p: save_file(_weights(model), str(p), metadata=metadata)
     )
+    if ema is not None:
+        atomic_write(
+            out_dir / EMA_FILE, lambda p: save_file(_weights(ema), str(p), metadata=metadata)
+        )
+    else:
+        (out_dir / EMA_FILE).unlink(missing_ok=True)  # an older save's EMA is not this one's
     document = {
         "format": FORMAT,
         "save_id": save_id,
         "config": model.config.to_dict(),
         "meta": meta,
+        "ema": ema is not None,
     }
     text = json.dumps(document, indent=2, sort_keys=True)
     atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
@@ -278,14 +396,19 @@ def read_model_config(model_dir: str | Path) -> tuple[ClipGenConfig, dict[str, A
         ) from None
 
 
-def load_model(model_dir: str | Path, device: str | torch.device) -> tuple[ClipGen, dict[str, Any]]:
-    """The model saved in ``model_dir`` (eval mode, on ``device``) and its meta."""
+def load_model(
+    model_dir: str | Path, device: str | torch.device, *, ema: bool = True
+) -> tuple[ClipGen, dict[str, Any]]:
+    """The model saved in ``model_dir`` (eval mode, on ``device``) and its meta: its EMA
+    weights where the folder has them and ``ema``, else the raw ones."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
     config, meta, save_id = read_model_config(model_dir)
     path = model_dir / WEIGHTS_FILE
+    if ema and (model_dir / EMA_FILE).is_file():
+        path = model_dir / EMA_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (config.json is there); {TRAIN_HINT}")
     try:
@@ -303,7 +426,8 @@ def load_model(model_dir: str | Path, device: str | torch.device) -> tuple[ClipG
             f"copy or save?); copy the whole model directory again"
         )
     model = ClipGen(config)
-    state["gpt.lm_head.weight"] = state.get("gpt.transformer.wte.weight", torch.empty(0))
+    if config.tied_head:
+        state["gpt.lm_head.weight"] = state.get("gpt.transformer.wte.weight", torch.empty(0))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -15,6 +15,7 @@ stops pulling. With an init image and init_weight > 0, an MSE term keeps pulling
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,18 +125,7 @@ class ClipGuide:
 
     def loss(self, image: torch.Tensor) -> torch.Tensor:
         """image [1, 3, H, W] in [0, 1] -> scalar loss (differentiable w.r.t. the image)."""
-        total = image.new_zeros(())
-        for index, (model, targets, share) in enumerate(
-            zip(self.perceptor.models, self.targets, self._model_weights, strict=True)
-        ):
-            if share == 0:
-                continue
-            cuts = self.cutouts(image, model.input_size, self.generator)  # [cutn, 3, s, s]
-            embeds = self.perceptor.embed(index, cuts)  # [cutn, D]
-            total = total + share * prompt_loss(embeds, targets)
-        if self.init_image is not None and self.init_weight > 0:
-            total = total + self.init_weight * F.mse_loss(image, self.init_image)
-        return total
+        return batched_losses([self], image)[0]
 
     @torch.no_grad()
     def similarity(self, image: torch.Tensor) -> float:
@@ -147,6 +137,38 @@ class ClipGuide:
         cosines = (embed @ self._positive_text[0].T)[0]  # [Q]
         weights = self._positive_weights
         return float((cosines * weights).sum() / weights.sum())
+
+
+def batched_losses(guides: Sequence[ClipGuide], images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [0, 1], row i painted for ``guides[i]`` -> losses [B].
+
+    Several jobs in one pass: each job's cutouts come from its own guide and generator (so they
+    are the ones it would draw alone), then ONE CLIP forward per model embeds every job's
+    cutouts together, and each job's embeddings are scored against its own prompts. Loss i
+    depends on image i alone, so the gradient of ``losses.sum()`` is each job's own gradient.
+    Every guide must share one perceptor (one model store)."""
+    perceptor = guides[0].perceptor
+    totals = [images.new_zeros(()) for _ in guides]
+    for index, (model, share) in enumerate(
+        zip(perceptor.models, guides[0]._model_weights, strict=True)
+    ):
+        if share == 0:
+            continue
+        cuts = [
+            guide.cutouts(images[i : i + 1], model.input_size, guide.generator)
+            for i, guide in enumerate(guides)
+        ]  # per job [cutn_i, 3, s, s]
+        embeds = perceptor.embed(index, torch.cat(cuts))  # [sum cutn_i, D]
+        for i, (guide, job_embeds) in enumerate(
+            zip(guides, embeds.split([c.shape[0] for c in cuts]), strict=True)
+        ):
+            totals[i] = totals[i] + share * prompt_loss(job_embeds, guide.targets[index])
+    for i, guide in enumerate(guides):
+        if guide.init_image is not None and guide.init_weight > 0:
+            totals[i] = totals[i] + guide.init_weight * F.mse_loss(
+                images[i : i + 1], guide.init_image
+            )
+    return torch.stack(totals)
 
 
 def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,15 +10,20 @@ It has no section of its own in the models TOML: it uses the perceptor and the r
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from generation.guidance import ClipGuide
+from generation.guidance import ClipGuide, batched_losses
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import make_optimizer, report, torch_generator
 from generation.models import ModelStore
 from generation.request import GenerationRequest, GenerationResult, RunControl
+from generation.steps import run_alone
 
 NAME = "pixels"
 DEFAULT_LR = 0.05
@@ -33,7 +38,32 @@ def check(request: GenerationRequest, store: ModelStore) -> None:
     store.perceptor()
 
 
+def batch_key(request: GenerationRequest, store: ModelStore) -> Hashable:
+    """Jobs of one size share a step (their pixels stack into one batch)."""
+    return (NAME, request.width, request.height)
+
+
 def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> GenerationResult:
+    return run_alone(sys.modules[__name__], request, store, control)
+
+
+@dataclass(eq=False)
+class State:
+    """One job's part of a batch: its prompts, logits, optimiser and random generator."""
+
+    request: GenerationRequest
+    control: RunControl
+    generator: torch.Generator
+    guide: ClipGuide
+    logits: torch.Tensor  # [1, 3, H, W], the parameters this job optimises
+    optimizer: torch.optim.Optimizer
+    started: float
+    steps_done: int = 0
+    total: int = 0
+    last_loss: float = float("nan")
+
+
+def start(request: GenerationRequest, store: ModelStore, control: RunControl) -> State:
     device = store.device
     generator = torch_generator(request.seed, device)
 
@@ -51,33 +81,41 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         logits = torch.randn(shape, generator=generator, device=device) * INIT_NOISE
     logits = logits.detach().clone().requires_grad_(True)  # [1, 3, H, W]
     optimizer = make_optimizer(request.optimizer, [logits], request.learning_rate or DEFAULT_LR)
+    return State(
+        request, control, generator, guide, logits, optimizer, time.perf_counter(), 0, request.steps
+    )
 
-    started = time.perf_counter()
-    loss_value = float("nan")
-    for step in range(request.steps):
-        # 3. Stop here if the caller cancelled (within one step of the request).
-        control.check(step)
-        # 4. The image is the sigmoid of the logits: always in [0, 1].
-        image = torch.sigmoid(logits)  # [1, 3, H, W]
-        # 5. Score it with CLIP and step the logits.
-        loss = guide.loss(image)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_value = float(loss.detach())
-        # 6. Progress with the image this step scored.
-        report(control, request, step + 1, loss_value, image, started)
 
-    # 7. The final image, from the logits after the last step.
+def step(states: Sequence[State], store: ModelStore, shared: dict[str, Any]) -> None:
+    """One step for every job: one CLIP pass over all their cutouts."""
+    # 3. Each image is the sigmoid of its logits: always in [0, 1].
+    images = torch.sigmoid(torch.cat([s.logits for s in states]))  # [B, 3, H, W]
+    # 4. Score each with its own prompts and step each job's logits with its own optimiser
+    #    (loss i depends on logits i alone).
+    losses = batched_losses([s.guide for s in states], images)  # [B]
+    for s in states:
+        s.optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    for s in states:
+        s.optimizer.step()
+    # 5. Progress with the image each job's step scored.
+    for i, (s, loss) in enumerate(zip(states, losses.detach().tolist(), strict=True)):
+        s.last_loss = loss
+        s.steps_done += 1
+        report(s.control, s.request, s.steps_done, loss, images[i : i + 1].detach(), s.started)
+
+
+def finish(state: State, store: ModelStore) -> GenerationResult:
+    # 6. The final image, from the logits after the last step.
     with torch.no_grad():
-        final = torch.sigmoid(logits)
-        score = guide.similarity(final)
+        final = torch.sigmoid(state.logits)
+        score = state.guide.similarity(final)
     return GenerationResult(
         image=tensor_to_pil(final),
-        request=request,
-        steps_done=request.steps,
-        elapsed=time.perf_counter() - started,
-        loss=loss_value,
+        request=state.request,
+        steps_done=state.steps_done,
+        elapsed=time.perf_counter() - state.started,
+        loss=state.last_loss,
         clip_score=score,
         metadata={"parameterisation": "sigmoid pixels"},
     )

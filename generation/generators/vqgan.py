@@ -12,6 +12,8 @@ Models come from the ``[generators.vqgan]`` section of the models TOML:
     [generators.vqgan.models.imagenet_f16_16384]
     config = "vqgan_imagenet_f16_16384.yaml"       # taming's model.yaml: path, hf:// or URL
     checkpoint = "vqgan_imagenet_f16_16384.ckpt"   # path, hf://, URL, or "random"
+    # format = "clipgen-hfai"   # a VQGAN of HFAiLab/clip-gen (vqgan_coco.pt): their module
+                                # names, read into the same modules (generation.clipgen_hfai)
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,12 @@ from torch import nn
 
 from generation.checkpoints import load_into, load_state_dict
 from generation.errors import CheckpointError, WeightsNotFound
-from generation.guidance import ClipGuide
+from generation.guidance import ClipGuide, batched_losses
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import clamp_with_grad, make_optimizer, report, torch_generator
 from generation.models import ModelStore
 from generation.request import GenerationRequest, GenerationResult, RunControl, check_multiple
+from generation.steps import run_alone
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +142,13 @@ def _build(store: ModelStore, name: str, spec: dict[str, Any]) -> VQGAN:
         path = store.resolve(
             spec["checkpoint"], what=f"VQGAN {name} checkpoint", how_to_get=HOW_TO_GET
         )
-        load_weights(model, load_state_dict(path), path.name)
+        if spec.get("format") == "clipgen-hfai":
+            from generation import clipgen_hfai
+
+            ddconfig = yaml.safe_load(config_path.read_text(encoding="utf-8"))["model"]["params"]
+            clipgen_hfai.load_vqgan_into(model, path, ddconfig["ddconfig"])
+        else:
+            load_weights(model, load_state_dict(path), path.name)
     model = model.to(store.device).eval().requires_grad_(False)
     model.name = name
     if store.device.type == "cuda":
@@ -183,7 +195,37 @@ def check(request: GenerationRequest, store: ModelStore) -> None:
     check_multiple(request, model.factor, NAME)
 
 
+def batch_key(request: GenerationRequest, store: ModelStore) -> Hashable:
+    """Jobs of one VQGAN and one size share a step (their latents stack into one batch)."""
+    return (NAME, load_model(store).name, request.width, request.height)
+
+
 def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> GenerationResult:
+    return run_alone(sys.modules[__name__], request, store, control)
+
+
+@dataclass(eq=False)
+class State:
+    """One job's part of a batch: its prompts, latents, optimiser and random generator."""
+
+    request: GenerationRequest
+    control: RunControl
+    generator: torch.Generator
+    model: VQGAN
+    guide: ClipGuide
+    latents: torch.Tensor  # [1, D, h, w], the parameters this job optimises
+    optimizer: torch.optim.Optimizer
+    low: torch.Tensor  # [1, D, 1, 1]: the codebook's range, per channel
+    high: torch.Tensor
+    steps_done: int
+    total: int
+    started: float
+    # Kept as a tensor: reading a float every step would make the CPU wait for the GPU
+    # instead of queueing the next step's work.
+    last_loss: torch.Tensor
+
+
+def start(request: GenerationRequest, store: ModelStore, control: RunControl) -> State:
     model = load_model(store)
     perceptor = store.perceptor()
     device = store.device
@@ -207,22 +249,99 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
                 codebook.shape[0], (height * width,), generator=generator, device=device
             )
             latents = codebook[codes].T.reshape(1, -1, height, width)  # [1, D, h, w]
+    return begin(request, store, control, model, guide, latents, steps=request.steps)
 
-    # 3.-7. The loop: decode, score with CLIP, step the latents (clipgen's refinement runs
-    # the same loop from its best candidate).
-    started = time.perf_counter()
-    final, last_loss = optimise(
-        request, store, control, model, guide, latents, steps=request.steps, started=started
+
+def begin(
+    request: GenerationRequest,
+    store: ModelStore,
+    control: RunControl,
+    model: VQGAN,
+    guide: ClipGuide,
+    latents: torch.Tensor,
+    *,
+    steps: int,
+    first_step: int = 0,
+    total: int | None = None,
+    started: float | None = None,
+) -> State:
+    """The VQGAN+CLIP loop's state from ``latents`` [1, D, h, w], to run ``steps`` steps.
+
+    Progress and cancellation count from ``first_step`` out of ``total`` (default: ``first_step
+    + steps``), so a caller that did other work first (clipgen's sampling) continues its own
+    count."""
+    codebook = model.codebook  # [N, D]
+    latents = latents.detach().clone().requires_grad_(True)
+    # Latents stay inside the range the codebook spans; beyond it the decoder has never
+    # seen anything and the image breaks up.
+    low = codebook.min(dim=0).values.view(1, -1, 1, 1)
+    high = codebook.max(dim=0).values.view(1, -1, 1, 1)
+    optimizer = make_optimizer(request.optimizer, [latents], request.learning_rate or DEFAULT_LR)
+    return State(
+        request=request,
+        control=control,
+        generator=guide.generator,
+        model=model,
+        guide=guide,
+        latents=latents,
+        optimizer=optimizer,
+        low=low,
+        high=high,
+        steps_done=first_step,
+        total=first_step + steps if total is None else total,
+        started=time.perf_counter() if started is None else started,
+        last_loss=torch.tensor(float("nan"), device=store.device),
     )
-    score = guide.similarity(final)
+
+
+def step(states: Sequence[State], store: ModelStore, shared: dict[str, Any]) -> None:
+    """One VQGAN+CLIP step for every job: one decode and one CLIP pass over the whole batch."""
+    model = states[0].model
+    with cudnn_flags(store):
+        # 3. Decode every job's latents at once and score each image with its own prompts.
+        images = synth(store, model, torch.cat([s.latents for s in states]))  # [B, 3, H, W]
+        losses = batched_losses([s.guide for s in states], images)  # [B]
+        # 4. Step each job's latents with its own optimiser: loss i depends on latents i
+        #    alone, so the sum's gradient is each job's own.
+        for s in states:
+            s.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        for s in states:
+            s.optimizer.step()
+            with torch.no_grad():
+                s.latents.copy_(s.latents.clamp(s.low, s.high))
+    # 5. Progress with the image each job's step scored: no extra decode.
+    for i, s in enumerate(states):
+        s.last_loss = losses[i].detach()
+        s.steps_done += 1
+        report(
+            s.control,
+            s.request,
+            s.steps_done,
+            s.last_loss,
+            images[i : i + 1].detach(),
+            s.started,
+            total=s.total,
+        )
+
+
+def final_image(state: State, store: ModelStore) -> torch.Tensor:
+    """The image [1, 3, H, W] in [0, 1] from the latents after the last step."""
+    with cudnn_flags(store), torch.no_grad():
+        return synth(store, state.model, state.latents)
+
+
+def finish(state: State, store: ModelStore) -> GenerationResult:
+    # 6. The final image and its score.
+    final = final_image(state, store)
     return GenerationResult(
         image=tensor_to_pil(final),
-        request=request,
-        steps_done=request.steps,
-        elapsed=time.perf_counter() - started,
-        loss=float(last_loss),
-        clip_score=score,
-        metadata={"vqgan": model.name},
+        request=state.request,
+        steps_done=state.steps_done,
+        elapsed=time.perf_counter() - state.started,
+        loss=float(state.last_loss),
+        clip_score=state.guide.similarity(final),
+        metadata={"vqgan": state.model.name},
     )
 
 
@@ -236,66 +355,12 @@ def cudnn_flags(store: ModelStore) -> contextlib.AbstractContextManager[Any]:
     )
 
 
-def optimise(
-    request: GenerationRequest,
-    store: ModelStore,
-    control: RunControl,
-    model: VQGAN,
-    guide: ClipGuide,
-    latents: torch.Tensor,
-    *,
-    steps: int,
-    first_step: int = 0,
-    total: int | None = None,
-    started: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VQGAN+CLIP loop from ``latents`` [1, D, h, w] for ``steps`` steps. Returns the final
-    image [1, 3, H, W] in [0, 1] and the last loss (a 0-d tensor).
-
-    Progress and cancellation count from ``first_step`` out of ``total`` (default ``steps``),
-    so a caller that did other work first (clipgen's sampling) continues its own count."""
-    codebook = model.codebook  # [N, D]
-    started = time.perf_counter() if started is None else started
-    total = first_step + steps if total is None else total
+def synth(store: ModelStore, model: VQGAN, latents: torch.Tensor) -> torch.Tensor:
+    """latents [B, D, h, w] -> images [B, 3, H, W] in [0, 1]."""
+    snapped = quantize(latents, model.codebook)  # fp32: low precision could pick other codes
     decoder_autocast = (
         store.autocast() if store.config.cuda.decoder_autocast else contextlib.nullcontext()
     )
-
-    def synth(latents: torch.Tensor) -> torch.Tensor:
-        """latents [1, D, h, w] -> image [1, 3, H, W] in [0, 1]."""
-        snapped = quantize(latents, codebook)  # fp32: low precision could pick other codes
-        with decoder_autocast:
-            decoded = model.decode(snapped).float()
-        return clamp_with_grad((decoded + 1) / 2)
-
-    latents = latents.detach().clone().requires_grad_(True)
-    # Latents stay inside the range the codebook spans; beyond it the decoder has never
-    # seen anything and the image breaks up.
-    low = codebook.min(dim=0).values.view(1, -1, 1, 1)
-    high = codebook.max(dim=0).values.view(1, -1, 1, 1)
-    optimizer = make_optimizer(request.optimizer, [latents], request.learning_rate or DEFAULT_LR)
-
-    # Kept as a tensor: reading a float every step would make the CPU wait for the GPU
-    # instead of queueing the next step's work.
-    last_loss = torch.tensor(float("nan"), device=store.device)
-    with cudnn_flags(store):
-        for step in range(first_step, first_step + steps):
-            # 3. Stop here if the caller cancelled (within one step of the request).
-            control.check(step)
-            # 4. Decode the current latents and score the image with CLIP.
-            image = synth(latents)  # [1, 3, H, W]
-            loss = guide.loss(image)
-            # 5. Step the latents and keep them in the codebook's range.
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                latents.copy_(latents.clamp(low, high))
-            last_loss = loss.detach()
-            # 6. Progress with the image this step scored: no extra decode.
-            report(control, request, step + 1, last_loss, image.detach(), started, total=total)
-
-        # 7. The final image, from the latents after the last step.
-        with torch.no_grad():
-            final = synth(latents)
-    return final, last_loss
+    with decoder_autocast:
+        decoded = model.decode(snapped).float()
+    return clamp_with_grad((decoded + 1) / 2)
