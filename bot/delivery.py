@@ -129,6 +129,10 @@ class Delivery:
             log.info("start-up: delivering %d picture(s) that had not reached Discord", len(jobs))
         return len(jobs)
 
+    def retry_later(self, job_id: int) -> None:
+        """Send a finished job's picture again in the background (its first try broke)."""
+        self._schedule(job_id, self.retry_after)
+
     def pending(self) -> int:
         return len(self._retries)
 

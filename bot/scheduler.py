@@ -31,7 +31,7 @@ from typing import Protocol
 import aiosqlite
 
 import db
-from bot import render
+from bot import finishing, render
 from bot.admission import request_from_spec
 from bot.delivery import UNCHECKED, Delivery, render_result
 from bot.progress import ReplyManager
@@ -83,11 +83,12 @@ def output_path(output_dir: Path, job: Job) -> Path:
     return output_dir / f"{job.id:08d}-{job.seed}.png"
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+def unsaved_note(error: OSError) -> str:
+    reason = error.strerror or type(error).__name__
+    return (
+        f"The bot could not save this picture on its disk ({reason}); it is shown here only, "
+        "so save it if you want to keep it."
+    )
 
 
 class Scheduler:
@@ -98,6 +99,11 @@ class Scheduler:
     # process, a wake-up lost to a crash of a handler).
     POLL_SECONDS = 5.0
     RECORD_PROGRESS_EVERY = 5.0
+    # Finishing: pauses between tries of the database writes and of saving the PNG, and how
+    # long the image check may take before the picture counts as unchecked (bot.finishing).
+    DB_RETRY_DELAYS = finishing.DB_RETRY_DELAYS
+    SAVE_RETRY_DELAYS = finishing.SAVE_RETRY_DELAYS
+    IMAGE_CHECK_LIMIT = 120.0
 
     def __init__(
         self,
@@ -329,33 +335,98 @@ class Scheduler:
                 log.exception("job observer failed")
 
     async def _finish_done(self, job: Job, finished: FinishedImage) -> None:
+        """Save, check, record and deliver a painted picture. Whatever fails on the way, the
+        job leaves 'running' (done, or failed with a message that says why) and its message
+        leaves the last preview: a failure here must not hold the user's waiting slot until
+        a restart (see ``bot.finishing``)."""
         try:
-            path = output_path(self._output_dir, job)
-            await asyncio.to_thread(_write_file, path, finished.png)
-            verdict = await self._check_image(job, finished.png)
+            await self._finish_painted(job, finished)
+        except Exception as error:
+            log.exception("could not finish job %s", job.id)
+            row = await self._read_job(job.id)
+            if row is not None and row.status == "done":
+                # Recorded, not sent: the delivery sends it again (and gives up after a bound).
+                self.delivery.retry_later(job.id)
+                self._notify(job.id, "done")
+                return
+            await self._finish_failed(
+                job,
+                f"the picture was painted but could not be finished "
+                f"({finishing.describe(error)}). Try again.",
+            )
+
+    async def _finish_painted(self, job: Job, finished: FinishedImage) -> None:
+        path = output_path(self._output_dir, job)
+        unsaved = await finishing.save_picture(path, finished.png, delays=self.SAVE_RETRY_DELAYS)
+        if unsaved is not None:
+            log.error(
+                "job %s: could not save %s (%s); showing it from memory", job.id, path, unsaved
+            )
+        verdict = await self._check_image(job, finished.png)
+        try:
             # 'done' before the final edit is sent (delivery 'pending'): a button pressed the
             # moment the picture appears finds a finished job; a crash before the edit lands
             # is delivered at the next start (bot.delivery).
-            ready = await db.mark_picture_ready(
-                self._conn, job.id, str(path), finished.clip_score, verdict=verdict
+            ready = await finishing.retrying(
+                lambda: db.mark_picture_ready(
+                    self._conn, job.id, str(path), finished.clip_score, verdict=verdict
+                ),
+                what=f"recording picture #{job.id}",
+                delays=self.DB_RETRY_DELAYS,
             )
-            if ready is None:
-                # Cancelled at the last moment: the canceller shows "cancelled".
-                log.info("job %s was no longer running when it finished", job.id)
-                self._notify(job.id, "cancelled")
-                return
-            await self.delivery.deliver(ready, render_result(ready, finished, verdict))
-            self._notify(job.id, "done")
+        except Exception as error:
+            log.exception("job %s: could not record the finished picture", job.id)
+            await self._finish_failed(
+                job,
+                f"the picture was painted but the bot could not record it "
+                f"({finishing.describe(error)}). Try again in a while.",
+            )
+            return
+        if ready is None:
+            # Cancelled at the last moment: the canceller shows "cancelled".
+            log.info("job %s was no longer running when it finished", job.id)
+            self._notify(job.id, "cancelled")
+            return
+        rendered = render_result(ready, finished, verdict)
+        if unsaved is not None:
+            # Shown from memory; its buttons say it expired (there is no file to vary).
+            await self._record_unsaved(ready, path)
+            rendered = _noted(rendered, unsaved_note(unsaved))
+        await self.delivery.deliver(ready, rendered)
+        self._notify(job.id, "done")
+
+    async def _read_job(self, job_id: int) -> Job | None:
+        try:
+            return await db.get_job(self._conn, job_id)
         except Exception:
-            log.exception("could not finish job %s", job.id)
+            log.exception("could not read job %s", job_id)
+            return None
+
+    async def _record_unsaved(self, job: Job, path: Path) -> None:
+        try:
+            await finishing.retrying(
+                lambda: db.mark_expired(self._conn, [str(path)]),
+                what=f"marking picture #{job.id} unsaved",
+                delays=self.DB_RETRY_DELAYS,
+            )
+        except Exception:
+            log.exception("could not mark picture #%s as unsaved", job.id)
 
     async def _finish_failed(self, job: Job, message: str) -> None:
+        # The row first: it frees the user's waiting slot even when Discord is down.
         try:
-            await self._replies.finish(job, render.failed(job, message))
-            await db.mark_failed(self._conn, job.id, message)
-            self._notify(job.id, "failed")
+            await finishing.retrying(
+                lambda: db.mark_failed(self._conn, job.id, message),
+                what=f"recording the failure of job {job.id}",
+                delays=self.DB_RETRY_DELAYS,
+            )
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
+        try:
+            await self._replies.finish(job, render.failed(job, message))
+        except Exception:
+            log.exception("could not show the failure of job %s", job.id)
+        self._notify(job.id, "failed")
 
     async def _finish_cancelled(self, job: Job) -> None:
         try:
@@ -372,7 +443,10 @@ class Scheduler:
         if self.image_check is None:
             return SHOW
         try:
-            return await self.image_check.check_image(job, png)
+            # A hung check (a worker that never answers) must not hold the picture back.
+            return await asyncio.wait_for(
+                self.image_check.check_image(job, png), self.IMAGE_CHECK_LIMIT
+            )
         except Exception:
             # Fail closed: the check did not say the picture may be shown (the picture is kept
             # on disk; moderators see the log).
