@@ -22,6 +22,7 @@ import aiohttp
 import discord
 
 import db
+from bot.health import Heartbeat
 from bot.settings import (
     Settings,
     SettingsError,
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
     from generation.workers import Workers
 
 log = logging.getLogger("bot")
+
+# Loading the models at start (first downloads of several GB included) may take this long; past
+# it the bot says so and exits 1 instead of hanging on a load that never ends.
+START_TIMEOUT_S = 2 * 3600.0
+# The exit status when the painter cannot go on (a supervisor restarts the bot; jobs wait).
+EXIT_WORKER_FAILED = 3
 
 
 def _renice_current_thread(_store: object, niceness: int) -> bool:
@@ -86,6 +93,7 @@ def make_workers(settings: Settings) -> Workers:
         device=settings.device,
         job_timeout=settings.job_timeout,
         store_factory=opener,
+        start_timeout=START_TIMEOUT_S,
     )
 
 
@@ -97,6 +105,12 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # The container's health signal beats from the start too ("loading" while models load).
+    client: list[discord.Client] = []
+    beating = None
+    if settings.health_file is not None:
+        heart = Heartbeat(settings.health_file, lambda: health_phase(client[0] if client else None))
+        beating = asyncio.create_task(heart.run())
 
     # Imported here so that `python -m bot` with a bad setting fails fast, before torch loads.
     from bot.client import ImagineBot, point_discord_at
@@ -124,8 +138,10 @@ async def run(settings: Settings) -> int:
             log.info("stopped before connecting to Discord")
             return 0
         bot = ImagineBot(settings, conn, worker)
+        client.append(bot)
         # A graceful stop leaves the running job 'running' so the next start resumes it.
         closer = asyncio.create_task(close_on(stop, bot))
+        watcher = asyncio.create_task(close_on_failure(worker, bot))
         try:
             async with bot:
                 try:
@@ -144,10 +160,25 @@ async def run(settings: Settings) -> int:
                     return 1
         finally:
             closer.cancel()
+            watcher.cancel()
+        if getattr(worker, "failure", None) is not None:
+            return EXIT_WORKER_FAILED  # a supervisor starts a fresh process
     finally:
+        if beating is not None and settings.health_file is not None:
+            beating.cancel()
+            settings.health_file.unlink(missing_ok=True)  # stopped: not healthy any more
         await worker.close()
         await conn.close()
     return 0
+
+
+def health_phase(bot: discord.Client | None) -> str:
+    """The phase the heartbeat file reports (bot/health.py)."""
+    if bot is None:
+        return "loading"
+    if not bot.is_ready():
+        return "connecting"
+    return "ready" if bot.ws is not None and bot.ws.open else "offline"
 
 
 async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -166,6 +197,21 @@ async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) ->
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
+
+
+async def close_on_failure(worker: Workers, bot: discord.Client) -> None:
+    """Stop the bot when its worker gives up for good (threads of hung jobs stuck on the
+    device past its limit): only a new process gets the device back."""
+    wait_failed = getattr(worker, "wait_failed", None)  # the local GPU worker's; Ray restarts
+    if wait_failed is None:
+        return
+    reason = await wait_failed()
+    log.error(
+        "stopping with exit status %d so that a supervisor restarts the bot: %s",
+        EXIT_WORKER_FAILED,
+        reason,
+    )
+    await bot.close()
 
 
 async def close_on(stop: asyncio.Event, bot: discord.Client) -> None:

@@ -114,6 +114,9 @@ class Settings:
     # /rank answers per user per minute (each is a CLIP call on a worker).
     rank_per_minute: int = 6
     log_level: str = "INFO"
+    # A file the bot rewrites every few seconds for a container's HEALTHCHECK
+    # (`python -m bot.health` reads it); None: no heartbeat file.
+    health_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.token or not self.token.strip():
@@ -256,6 +259,7 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_JOB_TIMEOUT": "job_timeout",
     "IMAGINE_RANK_PER_MINUTE": "rank_per_minute",
     "IMAGINE_LOG_LEVEL": "log_level",
+    "IMAGINE_HEALTH_FILE": "health_file",
 }
 _FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
 
@@ -266,6 +270,9 @@ def _convert(name: str, value: Any, source: str) -> Any:
     try:
         if kind == "Path":
             return Path(str(value)).expanduser()
+        if kind == "Path | None":
+            text = str(value).strip()
+            return Path(text).expanduser() if text else None
         if kind == "int":
             if isinstance(value, bool):
                 raise ValueError
@@ -449,6 +456,7 @@ SETTING_HELP: dict[str, str] = {
     "job_timeout": "seconds a job may paint before it is stopped",
     "rank_per_minute": "/rank answers per user per minute",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "health_file": "a heartbeat file for health checks (python -m bot.health reads it)",
 }
 
 
