@@ -36,7 +36,7 @@ from generation.workers import Workers
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.imagine", "bot.exts.info")
+EXTENSIONS = ("bot.exts.imagine", "bot.exts.info", "bot.exts.help")
 # Written by the moderation work; loaded when it is there.
 OPTIONAL_EXTENSIONS = ("bot.exts.moderation", "bot.exts.rank")  # moderation helper: + rank
 

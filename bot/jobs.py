@@ -1,5 +1,5 @@
 """What the bot does with a request once a cog has parsed it: admit it, save it, answer, and
-handle the job buttons (Re-roll, Variation, Cancel).
+handle the job buttons (Re-roll, Variation, Edit prompt, Delete, Cancel).
 
 The cogs and the buttons stay thin; everything here works on plain ``JobSpec`` values and the
 interaction it has to answer.
@@ -23,6 +23,7 @@ import db
 from bot import render
 from bot.admission import Admission, Refused
 from bot.coalesce import NextRead
+from bot.modals import EditPromptModal
 from bot.moderation import permissions
 from bot.progress import ReplyManager
 from bot.replies import edit_kwargs
@@ -43,10 +44,18 @@ NOT_YOURS = (
     "Only the person who asked for this picture, or a moderator, can cancel it. "
     "You can make your own with /imagine."
 )
+NOT_YOURS_TO_DELETE = (
+    "Only the person who asked for this picture, or a moderator, can delete it. "
+    "You can make your own with /imagine."
+)
 
 
 def _all_exist(paths: list[str]) -> bool:
     return all(Path(p).is_file() for p in paths)
+
+
+def _remove(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
 
 
 def random_seed() -> int:
@@ -162,6 +171,8 @@ class JobService:
         already answered with an ephemeral "thinking" (a command with attachments); the job's
         message is then a public followup and the ephemeral answer says where it is.
         """
+        # The name the picture's footer shows (a name, not an id; as it was when asked).
+        spec = spec.replace(extra={**spec.extra, "requester": interaction.user.display_name})
         self._admitting += 1
         self._quiet.clear()
         try:
@@ -269,6 +280,10 @@ class JobService:
             await self.reroll(interaction, job)
         elif action == "variation":
             await self.variation(interaction, job)
+        elif action == "edit":
+            await self.edit_prompt(interaction, job)
+        elif action == "delete":
+            await self.delete(interaction, job)
 
     def _derived(
         self, interaction: discord.Interaction[Any], parent: Job, **changes: Any
@@ -325,16 +340,85 @@ class JobService:
         )
         return await self.submit(interaction, spec)
 
+    async def _may_manage(self, interaction: discord.Interaction[Any], job: Job) -> bool:
+        """The requester, or a moderator of the job's guild (checked here, on the server
+        side: anyone who sees a button can press it)."""
+        if interaction.user.id == job.user_id:
+            return True
+        moderator_role = None
+        if job.guild_id is not None:
+            settings = await db.get_guild_settings(self._conn, job.guild_id)
+            moderator_role = settings.moderator_role_id
+        return is_moderator(interaction, moderator_role)
+
+    async def edit_prompt(self, interaction: discord.Interaction[Any], parent: Job) -> None:
+        """Open a modal with the prompt filled in; on submit, paint it with the same seed and
+        options (a new job of the presser)."""
+        if parent.status != "done":
+            await self.refuse(interaction, "Only a finished picture's prompt can be edited.")
+            return
+
+        async def submitted(modal_interaction: discord.Interaction[Any], prompt: str) -> None:
+            await self.submit_edited(modal_interaction, parent.id, prompt)
+
+        try:
+            await interaction.response.send_modal(
+                EditPromptModal(parent.id, parent.prompt, submitted)
+            )
+        except discord.HTTPException as error:
+            log.warning("could not open the prompt editor of job %s: %s", parent.id, error)
+
+    async def submit_edited(
+        self, interaction: discord.Interaction[Any], parent_id: int, prompt: str
+    ) -> Job | None:
+        parent = await db.get_job(self._conn, parent_id)
+        if parent is None:
+            await self.refuse(interaction, "This picture is no longer known to the bot.")
+            return None
+        inputs = [p for p in (parent.init_image, *parent.image_prompts) if p]
+        if inputs and not await asyncio.to_thread(_all_exist, inputs):
+            await self.refuse(
+                interaction,
+                "This picture started from images that have expired, so it cannot be painted "
+                "again with a new prompt. Run /imagine with new images.",
+            )
+            return None
+        spec = self._derived(interaction, parent, kind="imagine", prompt=prompt.strip())
+        return await self.submit(interaction, spec)
+
+    async def delete(self, interaction: discord.Interaction[Any], job: Job) -> None:
+        """Remove the picture's message and its file: requester or moderator only."""
+        if not await self._may_manage(interaction, job):
+            await self.refuse(interaction, NOT_YOURS_TO_DELETE)
+            return
+        if not job.finished:
+            await self.refuse(interaction, "Cancel a picture that is still being made instead.")
+            return
+        try:
+            await interaction.response.defer()
+        except discord.HTTPException as error:
+            log.warning("could not answer the delete of job %s: %s", job.id, error)
+            return
+        # The file first: once the message is gone nobody can press Delete again.
+        if job.output_path and job.expired_at is None:
+            in_use = await db.files_in_use(self._conn)
+            if job.output_path not in in_use:
+                await asyncio.to_thread(_remove, job.output_path)
+                await db.mark_expired(self._conn, [job.output_path])
+        try:
+            if interaction.message is not None:
+                await interaction.message.delete()
+        except discord.HTTPException as error:
+            log.warning("could not delete the message of job %s: %s", job.id, error)
+            await self.refuse(interaction, "The message could not be deleted; try again later.")
+            return
+        log.info("job %s deleted by user %s", job.id, interaction.user.id)
+
     async def cancel(self, interaction: discord.Interaction[Any], job: Job) -> None:
         """Requester or moderator only; everyone else gets a polite ephemeral no."""
-        moderator_role = None
-        if not (interaction.user.id == job.user_id):
-            if job.guild_id is not None:
-                settings = await db.get_guild_settings(self._conn, job.guild_id)
-                moderator_role = settings.moderator_role_id
-            if not is_moderator(interaction, moderator_role):
-                await self.refuse(interaction, NOT_YOURS)
-                return
+        if not await self._may_manage(interaction, job):
+            await self.refuse(interaction, NOT_YOURS)
+            return
         if job.finished:
             await self.refuse(interaction, f"This picture is already {job.status}.")
             return

@@ -113,6 +113,15 @@ def ordinal_place(position: int | None) -> str:
     return f"#{position} in line"
 
 
+def requester_name(job: Job) -> str:
+    """The requester's display name as it was when they asked (kept in the job's extra
+    parameters), or their id for jobs stored before names were kept."""
+    name = job.extra.get("requester")
+    if isinstance(name, str) and name.strip():
+        return shorten(name.strip(), 80)
+    return f"user {job.user_id}"
+
+
 def _kind_label(job: Job) -> str:
     return {"reroll": "Re-roll", "variation": "Variation"}.get(job.kind, "Picture")
 
@@ -219,7 +228,7 @@ def done(job: Job, finished: FinishedLike, *, spoiler: bool = False) -> Rendered
         # A spoilered image cannot be an embed image (embeds show it unblurred).
         image=None if spoiler else filename,
         color=COLOR_DONE,
-        footer=f"Requested by user {job.user_id}",
+        footer=f"Requested by {requester_name(job)}",
     )
     content = f"<@{job.user_id}> your picture is ready."
     return Rendered(
@@ -313,4 +322,37 @@ def channel_fallback(rendered: Rendered, user_id: int) -> Rendered:
         spoiler=rendered.spoiler,
         buttons=rendered.buttons,
         job_id=rendered.job_id,
+    )
+
+
+def imagine_command(job: Job) -> str:
+    """The /imagine command that paints ``job`` again: every option it was made with."""
+    prompt = job.prompt.replace("`", "'").replace("\n", " ")
+    parts = [
+        f"/imagine prompt:{prompt}",
+        f"seed:{job.seed}",
+        f"steps:{job.steps}",
+        f"size:{job.width}x{job.height}",
+        f"generator:{job.generator}",
+    ]
+    strength = job.extra.get("strength")
+    if strength is not None:
+        parts.append(f"strength:{strength}")
+    return " ".join(parts)
+
+
+def history_line(job: Job, clip_score: float | None = None) -> str:
+    """One /history entry: what the picture is, then the command that makes it again."""
+    score = f", score {clip_score:.3f}" if clip_score is not None else ""
+    kind = {"reroll": ", a re-roll", "variation": ", a variation"}.get(job.kind, "")
+    images = []
+    if job.init_image is not None:
+        images.append("init_image" if job.kind != "variation" else "init_image (its parent)")
+    if job.image_prompts:
+        images.append("image_prompt")
+    attach = f"\nAttach the same {' and '.join(images)} too." if images else ""
+    command = shorten(imagine_command(job), CONTENT_LIMIT - 200)
+    return (
+        f"**#{job.id}** {job.width}×{job.height}, {job.generator}, {job.steps} steps{kind}"
+        f"{score}\n`{command}`{attach}"
     )

@@ -1,4 +1,4 @@
-"""The job buttons: Re-roll, Variation, Cancel.
+"""The job buttons: Re-roll, Variation, Edit prompt, Delete, Cancel.
 
 They are DynamicItems: the custom_id ("job:<id>:<action>") carries the job id, and everything
 else comes from the job's row when the button is pressed, so buttons keep working after a
@@ -14,12 +14,16 @@ import discord
 
 from bot.render import BUTTONS_CANCEL, BUTTONS_DONE, BUTTONS_NONE
 
-ACTIONS = ("reroll", "variation", "cancel")
-CUSTOM_ID = re.compile(r"job:(?P<job_id>[0-9]{1,20}):(?P<action>reroll|variation|cancel)")
+ACTIONS = ("reroll", "variation", "edit", "delete", "cancel")
+CUSTOM_ID = re.compile(
+    r"job:(?P<job_id>[0-9]{1,20}):(?P<action>reroll|variation|edit|delete|cancel)"
+)
 
 _LOOKS: dict[str, tuple[str, discord.ButtonStyle, str]] = {
     "reroll": ("Re-roll", discord.ButtonStyle.primary, "🎲"),
     "variation": ("Variation", discord.ButtonStyle.secondary, "🎨"),
+    "edit": ("Edit prompt", discord.ButtonStyle.secondary, "✏"),
+    "delete": ("Delete", discord.ButtonStyle.secondary, "🗑"),
     "cancel": ("Cancel", discord.ButtonStyle.danger, "✖"),
 }
 
@@ -79,8 +83,8 @@ def job_view(job_id: int | None, buttons: str) -> discord.ui.View | None:
     if buttons == BUTTONS_CANCEL:
         view.add_item(JobButton(job_id, "cancel"))
     elif buttons == BUTTONS_DONE:
-        view.add_item(JobButton(job_id, "reroll"))
-        view.add_item(JobButton(job_id, "variation"))
+        for action in ("reroll", "variation", "edit", "delete"):
+            view.add_item(JobButton(job_id, action))
     else:
         raise ValueError(f"unknown button set {buttons!r}")
     return view

@@ -26,6 +26,7 @@ from bot.attachments import (
 )
 from bot.exts.info import workers_text
 from bot.jobs import random_seed
+from bot.modals import USE_AS, ImagineFromImageModal
 from bot.settings import parse_size
 
 if TYPE_CHECKING:
@@ -97,16 +98,78 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
     return imagine
 
 
+def first_image(message: discord.Message) -> discord.Attachment | None:
+    """The message's first image attachment (a bot's picture is one: its embed shows it)."""
+    for attachment in message.attachments:
+        kind = (attachment.content_type or "").split(";")[0].strip().lower()
+        if kind.startswith("image/") or attachment.filename.lower().endswith(IMAGE_SUFFIXES):
+            return attachment
+    return None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+NO_IMAGE = (
+    "This message has no image attached. Use Imagine from this image on a message with a "
+    "picture, or run /imagine with init_image."
+)
+
+
 class ImagineCog(commands.Cog):
     def __init__(self, bot: "ImagineBot") -> None:
         self.bot = bot
         self.imagine_command = build_imagine_command(self)
+        self.from_image_menu = app_commands.ContextMenu(
+            name="Imagine from this image", callback=self.imagine_from_image
+        )
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.imagine_command, override=True)
+        self.bot.tree.add_command(self.from_image_menu, override=True)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.imagine_command.name)
+        self.bot.tree.remove_command(self.from_image_menu.name, type=discord.AppCommandType.message)
+
+    async def imagine_from_image(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        """Message context menu: ask for a prompt, then paint from the message's image."""
+        attachment = first_image(message)
+        if attachment is None:
+            await self.bot.jobs.refuse(interaction, NO_IMAGE)
+            return
+
+        async def submitted(
+            modal_interaction: discord.Interaction, prompt: str, use_as: str
+        ) -> None:
+            await self.from_image_submitted(modal_interaction, attachment, prompt, use_as)
+
+        await interaction.response.send_modal(ImagineFromImageModal(submitted))
+
+    async def from_image_submitted(
+        self,
+        interaction: discord.Interaction,
+        attachment: discord.Attachment,
+        prompt: str,
+        use_as: str,
+    ) -> None:
+        if use_as not in USE_AS:
+            await self.bot.jobs.refuse(
+                interaction,
+                f"Type init (start from the image) or style (aim for its look), not "
+                f"{render.shorten(use_as, 20)!r}.",
+            )
+            return
+        await self.imagine(
+            interaction,
+            prompt=prompt,
+            seed=None,
+            steps=None,
+            size=None,
+            generator=None,
+            init_image=attachment if use_as == "init" else None,
+            image_prompt=attachment if use_as == "style" else None,
+        )
 
     async def imagine(
         self,
@@ -274,13 +337,18 @@ class ImagineCog(commands.Cog):
             return
         lines = []
         for entry in entries:
-            prompt = render.shorten(entry.prompt.replace("`", "'"), 200)
-            score = f", score {entry.clip_score:.3f}" if entry.clip_score is not None else ""
-            lines.append(
-                f"**#{entry.job_id}** {entry.width}×{entry.height}, {entry.steps} steps, "
-                f"{entry.generator}{score}\n"
-                f"`/imagine prompt:{prompt} seed:{entry.seed} steps:{entry.steps}`"
-            )
+            # The whole row: every option the picture was made with, to make it again.
+            job = await db.get_job(self.bot.conn, entry.job_id)
+            if job is not None:
+                lines.append(render.history_line(job, entry.clip_score))
+        # Whole entries only (a cut command would not make the picture again).
+        shown: list[str] = []
+        for line in lines:
+            if sum(len(x) + 1 for x in shown) + len(line) > render.CONTENT_LIMIT - 60:
+                shown.append(f"…and {len(lines) - len(shown)} more; long prompts fill the list.")
+                break
+            shown.append(line)
+        lines = shown
         await interaction.response.send_message(
             render.shorten("\n".join(lines), render.CONTENT_LIMIT), ephemeral=True
         )

@@ -69,7 +69,9 @@ async def test_expired_token_result_still_reaches_the_channel(harness: Harness) 
     message = await fake.wait_for_message(channel_final, timeout=60)
     assert message.channel_id == fake.channel.id
     assert message.content.startswith(f"<@{handle.user.id}>")  # the requester is named
-    assert sorted(message.custom_ids()) == [f"job:{job.id}:reroll", f"job:{job.id}:variation"]
+    assert sorted(message.custom_ids()) == sorted(
+        f"job:{job.id}:{action}" for action in ("reroll", "variation", "edit", "delete")
+    )
     rejected = fake.calls_matching(lambda c: is_webhook_edit(c) and c.error_code == 50027)
     assert rejected, "the bot should have met the expired token"
     row = await harness.wait_job_status(job.id, "done")

@@ -53,7 +53,9 @@ async def test_imagine_acknowledges_fast_then_progress_then_final(harness: Harne
     assert fields["Seed"] == "5" and fields["Steps"] == "30" and fields["Size"] == "64×64"
     assert "Time" in fields and fields["Generator"] == job.generator
     assert "a red fox in the snow" in embed["description"]
-    assert sorted(final.custom_ids()) == [f"job:{job.id}:reroll", f"job:{job.id}:variation"]
+    assert sorted(final.custom_ids()) == sorted(
+        f"job:{job.id}:{action}" for action in ("reroll", "variation", "edit", "delete")
+    )
     done = await harness.wait_job_status(job.id, "done")
     assert done.output_path is not None
     assert file_bytes(done.output_path) == final.attachment_data(0)

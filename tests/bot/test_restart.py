@@ -113,7 +113,9 @@ async def test_kill_9_while_painting_then_restart_delivers_the_picture(
         # The user was told, and the same message carries the picture in the end.
         assert any("restarted" in r.content for r in final.revisions)
         assert final.attachment_data(0).startswith(PNG_SIGNATURE)
-        assert sorted(final.custom_ids()) == [f"job:{job_id}:reroll", f"job:{job_id}:variation"]
+        assert sorted(final.custom_ids()) == sorted(
+            f"job:{job_id}:{action}" for action in ("reroll", "variation", "edit", "delete")
+        )
 
         conn = await db.connect(Path(env["IMAGINE_DB"]))
         try:

@@ -98,6 +98,54 @@ class UserActions:
             check_values=check_values,
         )
 
+    async def send_message_command(
+        self: FakeDiscord,
+        name: str,
+        message: StoredMessage | int,
+        *,
+        member: FakeMember | None = None,
+        user: FakeUser | None = None,
+        locale: str = "en-US",
+        enforce_permissions: bool = True,
+    ) -> InteractionHandle:
+        """A user right-clicks message and picks the app command name (Apps -> name): an
+        APPLICATION_COMMAND of command type 3 with data.target_id and the message in
+        data.resolved.messages, as Discord sends it. The command must have been synced with
+        type 3; the user must be able to see the message."""
+        stored = message if isinstance(message, StoredMessage) else self.get_message(int(message))
+        if stored.deleted:
+            raise ValueError(f"message {stored.id} was deleted; nobody can right-click it")
+        channel_obj, member, user = self._resolve_actor(stored.channel_id, member, user)
+        guild = self.guilds.get(channel_obj.guild_id) if channel_obj.guild_id is not None else None
+        command = interactions.find_registered_command(
+            self, name, guild.id if guild else None, command_type=3
+        )
+        if command is None:
+            raise LookupError(f"no message command {name!r} was synced (type 3)")
+        self._check_command_allowed(command, member, guild, name, enforce_permissions)
+        if stored.ephemeral and stored.interaction_id is not None:
+            owner = self._interactions_by_id[stored.interaction_id].user
+            if owner.id != user.id:
+                raise ValueError(f"message {stored.id} is ephemeral: only {owner.username} sees it")
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(stored.id),
+            "resolved": {"messages": {str(stored.id): stored.to_payload()}},
+        }
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._issue(
+            interactions.APPLICATION_COMMAND,
+            data,
+            channel=channel_obj,
+            member=member,
+            user=user,
+            locale=locale,
+            command_name=name,
+        )
+
     async def send_autocomplete(
         self: FakeDiscord,
         name: str,

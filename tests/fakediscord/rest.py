@@ -164,6 +164,8 @@ ROUTES: list[tuple[str, str, str, bool]] = [
 ]
 
 _COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
+# User and message commands (context menus) may have spaces and capitals.
+_MENU_NAME = re.compile(r"^[-_\w ]{1,32}$")
 
 
 class RestApi:
@@ -482,7 +484,7 @@ class RestApi:
         errors: dict[str, Any] = {}
         if (
             not isinstance(name, str)
-            or not _COMMAND_NAME.match(name)
+            or not (_COMMAND_NAME if kind == 1 else _MENU_NAME).match(name)
             or (kind == 1 and name != name.lower())
         ):
             errors["name"] = faults.field_error(
