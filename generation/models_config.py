@@ -244,6 +244,11 @@ def _sha256(value: Any, where: str) -> str | None:
     return text
 
 
+def clip_spec_from_table(item: Any, base_dir: Path, where: str) -> ClipSpec:
+    """One [[clip]]-style table (a generator's own CLIP, say) as a ClipSpec."""
+    return _clip_spec(item, base_dir, where)
+
+
 def _clip_spec(item: Any, base_dir: Path, where: str) -> ClipSpec:
     if not isinstance(item, dict) or not isinstance(item.get("model"), str):
         raise BadRequest(

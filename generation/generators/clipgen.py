@@ -26,7 +26,10 @@ Configured in the models TOML (paths relative to the TOML):
                              # logits = uncond + guidance * (cond - uncond); 1.0: off
     ema = true               # sample with the model's EMA weights where its folder has them
     trained_with_clip = "ViT-B-32/openai"  # HFAiLab files only: the CLIP they were trained with
-                             # (their files do not record it); the first [[clip]] must be it
+                             # (their files do not record it); the conditioning CLIP must be it
+    clip = { model = "ViT-B-32", pretrained = "openai" }  # the CLIP that conditions the model
+                             # and ranks its candidates, a [[clip]]-style table (default: the
+                             # first [[clip]]); the refinement steps use the whole [[clip]] list
 
 What conditions the model:
 - Text: every prompt part is embedded by the first [[clip]] model and L2-normalised; the parts
@@ -48,6 +51,7 @@ first candidate of the batch, decoded as far as its rows go, grey below) follow 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -78,6 +82,7 @@ from generation.guidance import ClipGuide
 from generation.images import load_image, pil_to_tensor, tensor_to_pil
 from generation.loop import report, torch_generator
 from generation.models import ModelStore
+from generation.models_config import ClipSpec, clip_spec_from_table
 from generation.perceptor import Perceptor, resize
 from generation.prompts import parse_image_prompt, parse_prompts
 from generation.request import GenerationRequest, GenerationResult, RunControl
@@ -111,6 +116,7 @@ class Settings:
     top_p: float = 0.95
     refine_steps: int = 0
     trained_with_clip: str = clipgen_hfai.TRAINED_WITH_CLIP
+    clip: ClipSpec | None = None  # the conditioning CLIP; None: the first [[clip]]
     guidance: float = 1.0
     ema: bool = True
 
@@ -137,6 +143,7 @@ def settings(store: ModelStore) -> Settings:
             top_p=float(section.get("top_p", Settings.top_p)),
             refine_steps=int(section.get("refine_steps", Settings.refine_steps)),
             trained_with_clip=str(section.get("trained_with_clip", Settings.trained_with_clip)),
+            clip=clip_spec(section.get("clip"), store, where),
             guidance=float(section.get("guidance", Settings.guidance)),
             ema=section.get("ema", Settings.ema),
         )
@@ -165,7 +172,7 @@ def load_model(store: ModelStore) -> tuple[ClipGen, str]:
     against the configured VQGAN and first CLIP: a mismatch is a CheckpointError."""
     chosen = settings(store)
     tokenizer = vqgan.load_model(store, chosen.vqgan)
-    perceptor = store.perceptor()
+    perceptor = conditioning_perceptor(store, chosen)
     if chosen.model in ("tiny", "random"):
         return store.get_or_load(
             f"{NAME}:random:{chosen.preset}:{chosen.grid}:{tokenizer.name}",
@@ -186,6 +193,26 @@ def load_model(store: ModelStore) -> tuple[ClipGen, str]:
         return model, folder.name
 
     return store.get_or_load(f"{NAME}:{folder}:{tokenizer.name}:ema={chosen.ema}", load_checked)
+
+
+def clip_spec(table: object, store: ModelStore, where: str) -> ClipSpec | None:
+    """[generators.clipgen] clip, read as a [[clip]] table (paths relative to the TOML)."""
+    if table is None:
+        return None
+    return clip_spec_from_table(table, store.config.base_dir, f"{where}: clip")
+
+
+def conditioning_perceptor(store: ModelStore, chosen: Settings) -> Perceptor:
+    """The CLIP that conditions the model and ranks candidates: [generators.clipgen] clip,
+    loaded once, else the store's perceptor (whose first model is used)."""
+    if chosen.clip is None:
+        return store.perceptor()
+    spec = chosen.clip
+    config = dataclasses.replace(store.config, clip=(spec,))
+    return store.get_or_load(
+        f"{NAME}:clip:{spec.describe()}:{spec.config}:{spec.seed}",
+        lambda: Perceptor.load(config, store),
+    )
 
 
 def load_hfai(
@@ -299,7 +326,7 @@ def start(request: GenerationRequest, store: ModelStore, control: RunControl) ->
     batches = math.ceil(chosen.candidates / chosen.batch_size)
     sampling_steps = batches * model.config.grid_h
     # 1. The conditioning: the weighted prompt parts, or the init image (a variation).
-    cond, conditioning = condition(request, store.perceptor())  # [1, E]
+    cond, conditioning = condition(request, conditioning_perceptor(store, chosen))  # [1, E]
     return State(
         request=request,
         control=control,
@@ -410,7 +437,7 @@ def _sample_row(states: list[State], store: ModelStore, shared: dict[str, Any]) 
             [s.count for s in members]
         )  # [count, 3, H, W] each
         scores = [
-            score_candidates(store.perceptor(), imgs, s.cond)
+            score_candidates(conditioning_perceptor(store, s.chosen), imgs, s.cond)
             for s, imgs in zip(members, images, strict=True)
         ]
     # 5. Commit (only now: a step that failed above changed no job).

@@ -378,3 +378,23 @@ def test_a_converted_model_saves_and_loads_in_our_format(release, tmp_path) -> N
         assert torch.equal(model(cond, tokens), again(cond, tokens))
     assert again.config.activation == "gelu" and not again.config.tied_head
     assert meta["source"] == "HFAiLab/clip-gen"
+
+
+def test_clipgen_can_be_conditioned_on_its_own_clip(release, tmp_path) -> None:
+    """[generators.clipgen] clip: the CLIP the checkpoint needs, while [[clip]] (the other
+    generators' perceptor) stays another model."""
+    models, _, _ = release
+    text = models.read_text().replace("seed = 0\n", "seed = 5\n", 1)  # the first [[clip]]
+    tiny_clip = CONFIG_DIR / "imagine-tiny-clip.json"
+    models.write_text(
+        text + f'clip = {{ model = "imagine-tiny-clip", config = "{tiny_clip}", seed = 0 }}\n'
+    )
+    store = store_for(models)
+    chosen = clipgen.settings(store)
+    own = clipgen.conditioning_perceptor(store, chosen)
+    assert own is not store.perceptor() and own is clipgen.conditioning_perceptor(store, chosen)
+    embeddings = [p.encode_text(["a fox"])[0] for p in (own, store.perceptor())]
+    assert not torch.allclose(*embeddings)
+    out = tmp_path / "fox.png"
+    argv = ["a fox", "-o", str(out), "--models", str(models), "--generator", "clipgen", "-q"]
+    assert main(argv) == 0
