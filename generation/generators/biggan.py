@@ -10,6 +10,13 @@ latents and class logits, which is steadier than the inputs of any one step. Unl
 the average starts at zero and is divided by its total weight (as Adam debiases its moments), so
 the first pictures already follow the optimisation instead of lagging ~1/(1 - decay) steps.
 
+Truncation (BigGAN's truncation trick, ``truncation`` in the models TOML) acts on the latents as
+in BigGAN: they start as ``truncation`` times a normal distribution truncated to [-2, 2] (as
+``pytorch_pretrained_biggan.truncated_noise_sample`` draws them), every step keeps them inside
+``truncation * [-2, 2]``, and the latent regulariser pulls them toward that distribution's
+spread. The batch norms use the statistics BigGAN recorded for the same truncation. Lower
+truncation: more typical, less varied pictures.
+
 BigGAN makes square pictures of one size (128, 256 or 512, by model); other request sizes are
 resampled from it (scaled to cover, centre-cropped). It has no encoder: init images are refused;
 image prompts work.
@@ -23,7 +30,7 @@ from the ``[generators.biggan]`` section of the models TOML:
     max_classes = 0          # 0: sigmoid class vectors; k > 0: differentiable top-k of k classes
     class_temperature = 2.0  # softmax temperature of the top-k
     ema_decay = 0.99         # of the latents shown
-    truncation = 1.0         # BigGAN's truncation (0, 1]: which batch-norm statistics are used
+    truncation = 1.0         # BigGAN's truncation (0, 1] of the latents and batch-norm statistics
 
     [generators.biggan.models.deep_256]
     config = "biggan-deep-256.json"   # BigGANConfig JSON: path, hf:// or URL
@@ -62,12 +69,20 @@ CLASS_LOGIT_MEAN, CLASS_LOGIT_STD = -3.9, 0.3
 CLIP_WEIGHT = 100.0
 # Class regulariser: every class value but the largest is pushed toward 0, with this gain.
 CLASS_GAIN = 50.0
+# BigGAN's truncated normal: latents are drawn from N(0, 1) cut to [-BOUND, BOUND], then
+# scaled by the truncation. Its standard deviation and excess kurtosis (scipy.stats.truncnorm
+# (-2, 2); tests check them) are what the latent regulariser aims for.
+TRUNCATION_BOUND = 2.0
+TRUNCATED_STD = 0.8796256610342398
+TRUNCATED_EXCESS_KURTOSIS = -0.6344632828703505
 SETTINGS = {"max_classes": 0, "class_temperature": 2.0, "ema_decay": 0.99, "truncation": 1.0}
 HOW_TO_GET = (
-    "Download a BigGAN-deep state dict and its config.json (e.g. "
-    "hf://osanseviero/BigGAN-deep-128/pytorch_model.bin and config.json), then set checkpoint = "
-    "and config = to their paths under [generators.biggan.models.<name>] in your models TOML "
-    "(IMAGINE_MODELS), or run once with network access so they download into the cache."
+    "Download a BigGAN-deep state dict and its config.json (pytorch-pretrained-biggan's "
+    "biggan-deep-256-pytorch_model.bin and biggan-deep-256-config.json, URLs in "
+    "generation/configs/defaults.toml, or hf://osanseviero/BigGAN-deep-128/pytorch_model.bin), "
+    "then set checkpoint = and config = to their paths under [generators.biggan.models.<name>] "
+    "in your models TOML (IMAGINE_MODELS), or run once with network access so they download "
+    "into the cache."
 )
 
 
@@ -206,16 +221,30 @@ def differentiable_topk(logits: torch.Tensor, k: int, temperature: float) -> tor
     return picked
 
 
-def latent_regulariser(latents: torch.Tensor) -> torch.Tensor:
-    """Big Sleep's pull toward N(0, 1) noise, for latents [L, Z]: unit spread, zero mean, a
-    bounded mean square, and no skew or excess kurtosis in any row."""
+def truncated_normal(
+    shape: tuple[int, ...], truncation: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """BigGAN's truncated latents: ``truncation`` times N(0, 1) cut to [-2, 2], drawn by
+    inverting the normal CDF on the uniform draws of ``generator`` (same seed, same latents)."""
+    bounds = torch.special.ndtr(torch.tensor([-TRUNCATION_BOUND, TRUNCATION_BOUND]))
+    low, high = float(bounds[0]), float(bounds[1])
+    uniform = torch.rand(shape, generator=generator, device=device) * (high - low) + low
+    values = torch.special.ndtri(uniform).clamp(-TRUNCATION_BOUND, TRUNCATION_BOUND)
+    return values * truncation
+
+
+def latent_regulariser(latents: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+    """Big Sleep's pull toward the noise BigGAN expects, for latents [L, Z]: here the truncated
+    normal of ``truncation`` (its spread, zero mean, a bounded mean square, no skew, its
+    kurtosis) in every row."""
+    target = TRUNCATED_STD * truncation
     std, mean = latents.std(dim=1), latents.mean(dim=1)  # [L]
-    loss = (1 - std).abs().mean() + mean.abs().mean()
-    loss = loss + 4 * torch.clamp(latents.pow(2).mean(), min=1.0)
+    loss = (target - std).abs().mean() / truncation + mean.abs().mean() / truncation
+    loss = loss + 4 * torch.clamp(latents.pow(2).mean() / target**2, min=1.0)
     z = (latents - mean[:, None]) / latents.var(dim=1, unbiased=False).sqrt()[:, None]  # [L, Z]
     skew = z.pow(3).mean(dim=1)  # [L]
     kurtosis = z.pow(4).mean(dim=1) - 3
-    return loss + (skew.abs() + kurtosis.abs()).mean()
+    return loss + (skew.abs() + (kurtosis - TRUNCATED_EXCESS_KURTOSIS).abs()).mean()
 
 
 def class_regulariser(classes: torch.Tensor) -> torch.Tensor:
@@ -279,9 +308,10 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
     # 1. Text, image and noise prompts are embedded once, for every CLIP model.
     guide = ClipGuide.from_request(request, store.perceptor(), generator)
 
-    # 2. Starting inputs from the seed: a latent and class logits for every layer, and their
-    # moving averages (zero, with no weight yet).
-    latents = torch.randn(rows, z_dim, generator=generator, device=device)  # [L, Z]
+    # 2. Starting inputs from the seed: a truncated latent and class logits for every layer,
+    # and their moving averages (zero, with no weight yet).
+    latents = truncated_normal((rows, z_dim), truncation, generator, device)  # [L, Z]
+    bound = TRUNCATION_BOUND * truncation
     class_logits = torch.randn(rows, num_classes, generator=generator, device=device)  # [L, C]
     class_logits = class_logits * CLASS_LOGIT_STD + CLASS_LOGIT_MEAN
     latents.requires_grad_(True)
@@ -300,12 +330,14 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
         classes = class_vectors(class_logits)  # [L, C]
         image = picture(latents, classes)  # [1, 3, H, W]
         loss = CLIP_WEIGHT * guide.loss(image)
-        loss = loss + latent_regulariser(latents) + class_regulariser(classes)
-        # 5. Step the inputs and move their averages toward them.
+        loss = loss + latent_regulariser(latents, truncation) + class_regulariser(classes)
+        # 5. Step the inputs, keep the latents inside the truncation's range, and move the
+        # averages toward them.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
+            latents.clamp_(-bound, bound)
             for average, current in zip(averages, (latents, class_logits), strict=True):
                 average.lerp_(current, 1 - decay)
         last_loss = loss.detach()
@@ -331,7 +363,7 @@ def run(request: GenerationRequest, store: ModelStore, control: RunControl) -> G
             "biggan": model.name,
             "parameterisation": (
                 f"per-layer latents, {f'top-{max_classes}' if max_classes else 'sigmoid'} "
-                f"classes, EMA {decay:g}"
+                f"classes, EMA {decay:g}, truncation {truncation:g}"
             ),
         },
     )

@@ -74,7 +74,9 @@ def test_progress_cadence_png_metadata_and_other_sizes() -> None:
     metadata = read_png_metadata(png_bytes(result))
     assert metadata["generator"] == NAME
     assert metadata["biggan"] == "tiny"
-    assert metadata["parameterisation"] == "per-layer latents, sigmoid classes, EMA 0.99"
+    assert metadata["parameterisation"] == (
+        "per-layer latents, sigmoid classes, EMA 0.99, truncation 1"
+    )
 
 
 def test_init_image_is_refused_with_what_to_do_instead(tmp_path) -> None:
@@ -116,6 +118,49 @@ def test_latent_regulariser_prefers_normal_noise() -> None:
     normal = torch.randn(6, 128, generator=generator)
     assert biggan.latent_regulariser(normal) < biggan.latent_regulariser(normal * 3 + 1)
     assert biggan.latent_regulariser(normal) < biggan.latent_regulariser(normal.abs() ** 2)
+
+
+def test_truncated_latents_are_biggans_truncated_normal() -> None:
+    from scipy.stats import truncnorm
+
+    variance, kurtosis = truncnorm.stats(-2, 2, moments="vk")
+    assert biggan.TRUNCATED_STD == pytest.approx(float(variance) ** 0.5, rel=1e-9)
+    assert biggan.TRUNCATED_EXCESS_KURTOSIS == pytest.approx(float(kurtosis), rel=1e-9)
+    draw = biggan.truncated_normal(
+        (64, 128), 0.4, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
+    assert float(draw.abs().max()) <= 0.8 and float(draw.abs().max()) > 0.75
+    assert float(draw.std()) == pytest.approx(0.4 * biggan.TRUNCATED_STD, rel=0.02)
+    again = biggan.truncated_normal(
+        (64, 128), 0.4, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
+    assert torch.equal(draw, again)
+
+
+def test_the_latent_regulariser_prefers_the_truncations_own_noise() -> None:
+    generator = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    truncated = biggan.truncated_normal((6, 128), 0.3, generator, cpu)
+    untruncated = torch.randn(6, 128, generator=generator)
+    assert biggan.latent_regulariser(truncated, 0.3) < biggan.latent_regulariser(untruncated, 0.3)
+    assert biggan.latent_regulariser(untruncated, 1.0) < biggan.latent_regulariser(untruncated, 0.3)
+
+
+def test_truncation_keeps_every_latent_the_run_uses_in_range(monkeypatch) -> None:
+    """With a learning rate far above the range, Adam would carry the latents out of
+    truncation * [-2, 2] at once; every picture is made from latents inside it."""
+    seen: list[float] = []
+    synthesize = biggan.synthesize
+
+    def recording(model, latents, classes, truncation):
+        seen.append(float(latents.detach().abs().max()))
+        return synthesize(model, latents, classes, truncation)
+
+    monkeypatch.setattr(biggan, "synthesize", recording)
+    store = _settings(truncation=0.3)
+    result, _ = run(store, request(NAME, steps=6, learning_rate=2.0))
+    assert max(seen) <= 0.6 + 1e-6 and max(seen) > 0.55, seen
+    assert "truncation 0.3" in result.metadata["parameterisation"]
 
 
 def test_class_regulariser_prefers_one_class() -> None:
