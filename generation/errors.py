@@ -35,3 +35,8 @@ class WeightsNotFound(GenerationError):
 
 class CheckpointError(GenerationError):
     """A checkpoint exists but cannot be used: corrupt, truncated, or of the wrong shape."""
+
+
+class ModelLoadStuck(GenerationError):
+    """A model this job needs is being loaded by another thread that does not finish (a stuck
+    job's abandoned thread, a download that hangs); the job gives up instead of waiting."""

@@ -4,8 +4,11 @@ What to load comes from the models TOML, parsed by generation/models_config.py; 
 come from generation/weights.py. Both are re-exported here for callers that name them through
 this module.
 
-``ModelStore`` is used from the single GPU thread; a lock makes concurrent first loads safe
-anyway (the CLI and tests call it from the main thread). Arrows run one way: the perceptor and
+``ModelStore`` is used from the GPU thread, but a stuck job can leave a load hanging on a thread
+that the worker abandoned while a fresh thread takes over. So no lock is held for a whole load:
+each model has its own load in progress, a second thread asking for the same model waits for it
+a bounded time (and not at all once its loading thread was abandoned), and every other model,
+CLIP included, stays usable. Arrows run one way: the perceptor and
 the generators import this module, and this module imports the perceptor only (never a
 generator).
 """
@@ -16,6 +19,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from generation.errors import BadRequest, CheckpointError, WeightsNotFound
+from generation.errors import BadRequest, CheckpointError, ModelLoadStuck, WeightsNotFound
 from generation.models_config import (
     AUTOCAST_CHOICES,
     CONFIG_DIR,
@@ -75,6 +79,9 @@ TINY_WARNING = (
 )
 # The cache key of CLIP: it always stays loaded (every generator and moderation check uses it).
 PERCEPTOR_KEY = "perceptor"
+# How long a thread waits for another thread's load of the same model before it gives up. In the
+# bot only one live thread loads, so a wait means the other one is stuck: waiting long helps no one.
+LOAD_WAIT_S = 60.0
 # torch builds for CUDA 13 carry kernels for compute capability 7.5 (Turing) and newer.
 MIN_CAPABILITY = (7, 5)
 
@@ -156,17 +163,38 @@ def require_gpu_for_real_models(
 # --------------------------------------------------------------------------- the store
 
 
+class _Load:
+    """One model's load in progress: which thread does it, since when, and an event set when
+    it ends (loaded or failed)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.thread = threading.current_thread()
+        self.started = time.monotonic()
+        self.ended = threading.Event()
+
+
 class ModelStore:
     """Loads each model once and keeps it: CLIP always, other models up to the models file's
     ``max_resident``, dropping the least recently used one beyond that."""
 
-    def __init__(self, config: ModelsConfig, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelsConfig,
+        device: str | torch.device | None = None,
+        *,
+        load_wait: float = LOAD_WAIT_S,
+    ) -> None:
         self.config = config
         self.device = pick_device(device)
+        self.load_wait = load_wait
         self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.RLock()
-        # Weight files resolved by the load in progress, to name them if it fails.
-        self._resolved: list[Path] = []
+        # Guards _cache, _loading and _abandoned only; never held while a loader runs.
+        self._lock = threading.Lock()
+        self._loading: dict[str, _Load] = {}
+        self._abandoned: set[threading.Thread] = set()
+        # Per thread: weight files resolved by its load in progress, to name them if it fails.
+        self._local = threading.local()
         if config.tiny:
             log.warning(TINY_WARNING)
         if self.device.type == "cuda":
@@ -219,27 +247,79 @@ class ModelStore:
     def get_or_load(self, key: str, loader: Callable[[], T]) -> T:
         """The cached object for ``key``, calling ``loader`` the first time only. A load that
         fails names the weight files it read; cached ones that cannot be read are moved aside
-        so the next load downloads them again."""
+        so the next load downloads them again. While another thread loads ``key``, this one
+        waits for it at most ``load_wait`` seconds, then raises ModelLoadStuck."""
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                load = self._loading.get(key)
+                if load is None:
+                    load = self._loading[key] = _Load(key)
+                    break
+            self._wait_for(load)  # then look again: loaded, or failed and ours to retry
+        try:
+            value = self._run_loader(loader)
+        except BaseException:
+            with self._lock:
+                del self._loading[key]
+            load.ended.set()
+            raise
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            outer, self._resolved = self._resolved, []
-            try:
-                value = loader()
-            except DamagedWeights:
-                raise  # its message already names the file and what happened to it
-            except (WeightsNotFound, CheckpointError) as error:
-                raise type(error)(f"{error}{self._explain_failed_files()}") from None
-            finally:
-                self._resolved = outer
+            del self._loading[key]
             self._cache[key] = value
-            self._evict()
-            return value
+            dropped = self._evict()
+        load.ended.set()
+        self._free(dropped)
+        return value
+
+    def _run_loader(self, loader: Callable[[], T]) -> T:
+        outer = getattr(self._local, "resolved", None)
+        self._local.resolved = []
+        try:
+            return loader()
+        except DamagedWeights:
+            raise  # its message already names the file and what happened to it
+        except (WeightsNotFound, CheckpointError) as error:
+            raise type(error)(f"{error}{self._explain_failed_files()}") from None
+        finally:
+            self._local.resolved = outer
+
+    def _wait_for(self, load: _Load) -> None:
+        """Wait for another thread's load of the same model: until it ends, until its thread
+        is abandoned as stuck, or at most ``load_wait`` seconds."""
+        if load.thread is threading.current_thread():
+            raise RuntimeError(f"loading {load.key!r} asked for {load.key!r} again")
+        deadline = time.monotonic() + self.load_wait
+        while not load.ended.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            with self._lock:
+                abandoned = load.thread in self._abandoned
+            if abandoned or time.monotonic() >= deadline:
+                waited = time.monotonic() - load.started
+                raise ModelLoadStuck(
+                    f"the model {load.key!r} has been loading for {waited:.0f} s in another "
+                    f"thread ({load.thread.name}) that "
+                    f"{'a stuck job left behind' if abandoned else 'has not finished'}; "
+                    f"this job could not use it. Try another generator; if this goes on, "
+                    f"restart the bot"
+                )
+
+    def abandon_thread(self, thread: threading.Thread) -> None:
+        """The worker gave ``thread`` up as stuck: its loads in progress will not end, so
+        threads that wait for them give up at once."""
+        with self._lock:
+            self._abandoned = {t for t in self._abandoned if t.is_alive()} | {thread}
+
+    def loads_in_progress(self) -> dict[str, float]:
+        """Models being loaded now and for how many seconds (for /info and the log)."""
+        now = time.monotonic()
+        with self._lock:
+            return {key: now - load.started for key, load in self._loading.items()}
 
     def _explain_failed_files(self) -> str:
         notes = []
-        for path in dict.fromkeys(self._resolved):
+        for path in dict.fromkeys(self._local.resolved):
             if not path.exists():
                 continue
             cached = in_cache(path, self.cache_dir)
@@ -259,24 +339,31 @@ class ModelStore:
                 notes.append(f"it read {path}")
         return f" ({'; '.join(notes)})" if notes else ""
 
-    def _evict(self) -> None:
-        """Drop the least recently used models beyond max_resident (CLIP always stays)."""
+    def _evict(self) -> list[Any]:
+        """Drop the least recently used models beyond max_resident (CLIP always stays); the
+        caller holds the lock and frees the returned models' memory after releasing it."""
         others = [key for key in self._cache if key != PERCEPTOR_KEY]
         dropped = others[: max(0, len(others) - self.config.max_resident)]
+        values = []
         for key in dropped:
-            del self._cache[key]
+            values.append(self._cache.pop(key))
             log.info(
                 "unloaded %s: more than %d models besides CLIP (max_resident in the models file)",
                 key,
                 self.config.max_resident,
             )
+        return values
+
+    def _free(self, dropped: list[Any]) -> None:
         if dropped:
+            dropped.clear()
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
     def loaded(self) -> tuple[str, ...]:
-        return tuple(self._cache)
+        with self._lock:
+            return tuple(self._cache)
 
     def perceptor(self) -> Perceptor:
         return self.get_or_load(PERCEPTOR_KEY, lambda: Perceptor.load(self.config, self))
@@ -292,7 +379,9 @@ class ModelStore:
             download=self.config.download,
             sha256=self.config.sha256_for(spec),
         )
-        self._resolved.append(path)
+        resolved = getattr(self._local, "resolved", None)
+        if resolved is not None:  # inside a load: named if the load fails
+            resolved.append(path)
         return path
 
     def describe(self) -> str:

@@ -18,6 +18,13 @@ hang on its own (it no longer takes jobs or short calls), and a fresh device thr
 with the same loaded models, so the next job runs at once. A stuck CUDA kernel would block the
 new thread too; for that, run the workers on Ray, where a hung actor's process is killed and
 restarted.
+
+Abandoned threads keep what they hold on the device, so they are counted
+(``generation/abandoned.py``): the log and /info name them, and when one more would be past
+``max_stuck_threads`` the worker gives up instead. It fails its waiting work with WorkerFailed,
+refuses new work with a message that says why, and ``wait_failed()`` returns, so that the bot
+stops with a non-zero exit status and its supervisor starts a fresh process (the only way to get
+the memory back). ``close()`` waits for the device thread at most ``close_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from generation.abandoned import AbandonedThreads
 from generation.errors import GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, Progress, RunControl
 from generation.workers import (
@@ -39,6 +47,7 @@ from generation.workers import (
     FinishedImage,
     JobTimedOut,
     ProgressFrame,
+    WorkerFailed,
     WorkersStatus,
     timeout_message,
 )
@@ -126,7 +135,12 @@ class GpuWorker:
         hang_grace: float = 10.0,
         max_waiting_calls: int = 32,
         calls_per_step: int = 4,
+        max_stuck_threads: int = 2,
+        close_timeout: float = 30.0,
+        start_timeout: float | None = None,
     ) -> None:
+        """``start_timeout``: how long loading the models at start may take (None: no limit;
+        first downloads of real weights can take many minutes)."""
         if job_timeout is not None and job_timeout <= 0:
             raise ValueError(f"job_timeout must be above 0 or None, not {job_timeout}")
         if calls_per_step < 1:
@@ -153,6 +167,12 @@ class GpuWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: _Job | None = None
         self._next_id = 0
+        self._abandoned = AbandonedThreads(max_stuck_threads)
+        self._close_timeout = close_timeout
+        self._start_timeout = start_timeout
+        # Why the worker gave up (set once, on the event loop), and the event that tells the bot.
+        self.failure: str | None = None
+        self._failed = asyncio.Event()
 
     # ---- asyncio side -------------------------------------------------------------------------
 
@@ -168,7 +188,14 @@ class GpuWorker:
         )
         self._thread.start()
         try:
-            await ready
+            await asyncio.wait_for(asyncio.shield(ready), self._start_timeout)
+        except TimeoutError:
+            await self.close()
+            assert self._start_timeout is not None
+            raise GenerationError(
+                f"loading the models took longer than {self._start_timeout:g} s (a download "
+                f"or a device that hangs?); check the network and the GPU, then start again"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -185,8 +212,18 @@ class GpuWorker:
             # (a first download can take many minutes): the thread is a daemon, it ends with
             # the process, and a half-downloaded file is never used (weights.py).
             log.info("stopping while the models load; not waiting for the load to finish")
+        elif self._thread is not None and self.failure is not None:
+            log.info("stopping a worker that gave up; not waiting for its stuck thread")
         elif self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            # Bounded: a thread stuck inside a step never returns, and a stop must not hang.
+            thread = self._thread
+            await asyncio.to_thread(thread.join, self._close_timeout)
+            if thread.is_alive():
+                log.error(
+                    "the device thread did not stop within %g s (stuck inside a step?); "
+                    "leaving it: it ends with the process",
+                    self._close_timeout,
+                )
         self._fail_pending(GenerationError("the worker was shut down; the job was not finished"))
 
     def submit(
@@ -202,6 +239,9 @@ class GpuWorker:
             self._next_id += 1
             job_id = self._next_id
         handle = JobHandle(job_id, loop.create_future())
+        if self.failure is not None:
+            handle._future.set_exception(WorkerFailed(self.failure))
+            return handle
         self._jobs.put(_Job(handle, request, on_progress))
         self._wake.set()
         return handle
@@ -215,6 +255,9 @@ class GpuWorker:
         """
         loop = self._require_started()
         future: asyncio.Future[T] = loop.create_future()
+        if self.failure is not None:
+            future.set_exception(WorkerFailed(self.failure))
+            return future
         try:
             self._gate.enter()
         except GenerationError as busy:
@@ -252,8 +295,17 @@ class GpuWorker:
         return 1
 
     def status(self) -> WorkersStatus:
-        up = int(self._thread is not None and self.store is not None)
-        return WorkersStatus(kind="local", total=1, up=up, busy=int(self.busy))
+        up = int(self._thread is not None and self.store is not None and self.failure is None)
+        return WorkersStatus(
+            kind="local", total=1, up=up, busy=int(self.busy), stuck=len(self._abandoned.alive())
+        )
+
+    async def wait_failed(self) -> str:
+        """Returns (why) once the worker has given up; a bot stops then, so that its
+        supervisor starts a fresh process."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
 
     def generator_names(self) -> tuple[str, ...]:
         from generation.generators import generator_names
@@ -269,9 +321,16 @@ class GpuWorker:
         facts["device"] = _device_name(store.device)
         facts["perceptor"] = store.describe()
         facts["preset"] = "tiny (random weights: pictures are noise)" if store.is_tiny else "real"
+        stuck = self._abandoned.describe()
+        if stuck is not None:
+            facts["stuck"] = stuck
+        if self.failure is not None:
+            facts["state"] = f"cannot go on: {self.failure}"
         return facts
 
     def _require_started(self) -> asyncio.AbstractEventLoop:
+        if self.failure is not None and self._loop is not None:
+            return self._loop  # given up: submit and call answer WorkerFailed
         if self._loop is None or self._thread is None or self._stopping.is_set():
             raise RuntimeError("the worker is not running: await start() first")
         return self._loop
@@ -459,6 +518,15 @@ class GpuWorker:
         and let a fresh one (same models) take the next job."""
         if self._current is not job or self._stopping.is_set():
             return
+        stuck = self._thread
+        assert stuck is not None
+        if self._abandoned.would_exceed():
+            self._give_up(
+                f"job {job.handle.job_id} is stuck inside a step and "
+                f"{len(self._abandoned.alive())} threads of earlier hung jobs still hold the "
+                f"device ({self._abandoned.limit} allowed); the bot must be restarted"
+            )
+            return
         log.error(
             "job %s is stuck inside a step; abandoning its thread and starting a new one",
             job.handle.job_id,
@@ -466,14 +534,31 @@ class GpuWorker:
         self._generation += 1
         self._current = None
         self.threads_replaced += 1
+        abandon = getattr(self.store, "abandon_thread", None)
+        if callable(abandon):
+            abandon(stuck)  # its loads in progress never end: nobody waits for them
         self._thread = threading.Thread(
-            target=self._thread_main,
-            args=(None, self._generation),
+            target=self._replacement_main,
+            args=(self._generation, stuck, job.handle.job_id),
             name=f"gpu-worker-{self._generation}",
             daemon=True,
         )
         self._thread.start()
         self._wake.set()
+
+    def _replacement_main(self, generation: int, stuck: threading.Thread, job_id: object) -> None:
+        # On the new device thread: what the device holds is read here, off the event loop.
+        self._abandoned.add(stuck, job_id, _device_memory(self.store))
+        self._thread_main(None, generation)
+
+    def _give_up(self, reason: str) -> None:
+        """On the event loop: stop for good; waiting and new work fail with WorkerFailed."""
+        log.error("the worker cannot go on: %s", reason)
+        self.failure = reason
+        self._stopping.set()
+        self._wake.set()
+        self._fail_pending(WorkerFailed(reason))
+        self._failed.set()
 
     def _on_progress(self, job: _Job, progress: Progress) -> None:
         frame = ProgressFrame(
@@ -501,6 +586,16 @@ def _device_name(device: Any) -> str:
     if getattr(device, "type", None) == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def _device_memory(store: Any) -> str:
+    """ "3.2 GiB in use" on a CUDA device (all threads together), "" elsewhere."""
+    device = getattr(store, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return ""
+    import torch
+
+    return f"{torch.cuda.memory_allocated(device) / 2**30:.1f} GiB in use"
 
 
 def _decode_png(data: bytes) -> Any:

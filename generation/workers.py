@@ -26,6 +26,11 @@ class WorkerLost(GenerationError):
     queue."""
 
 
+class WorkerFailed(WorkerLost):
+    """The worker gave up for good (threads stuck on the device past its limit): it takes no
+    more work until the bot is restarted. The job did nothing wrong: it waits in the queue."""
+
+
 class JobTimedOut(GenerationError):
     """The job ran past the per-job time limit and was stopped."""
 
@@ -81,6 +86,7 @@ class WorkersStatus:
     total: int
     up: int
     busy: int
+    stuck: int = 0  # threads of hung jobs given up but still alive, holding device memory
 
 
 class Handle(Protocol):
