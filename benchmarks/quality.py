@@ -100,7 +100,7 @@ def variants(args: argparse.Namespace, config: ModelsConfig) -> list[Variant]:
     clipgen = dict(config.generator_section("clipgen"))
     if args.clipgen_model:
         clipgen["model"] = str(Path(args.clipgen_model).resolve())
-    for key in ("candidates", "temperature", "top_k", "top_p", "batch_size"):
+    for key in ("candidates", "temperature", "top_k", "top_p", "batch_size", "guidance", "ema"):
         value = getattr(args, key)
         if value is not None:
             clipgen[key] = value
@@ -252,6 +252,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, help="clipgen sampling temperature")
     parser.add_argument("--top-k", type=int, help="clipgen top-k")
     parser.add_argument("--top-p", type=float, help="clipgen top-p")
+    parser.add_argument(
+        "--guidance", type=float, help="clipgen classifier-free guidance (1.0: off)"
+    )
+    parser.add_argument(
+        "--raw-weights",
+        dest="ema",
+        action="store_const",
+        const=False,
+        help="clipgen: sample with the raw weights, not the EMA ones",
+    )
     parser.add_argument("--records", type=Path, help="JSONL of judged pictures (resumable)")
     parser.add_argument("--save-dir", type=Path, help="also save every picture here")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

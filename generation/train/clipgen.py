@@ -302,9 +302,7 @@ def run(
     if world.rank > 0:
         torch.manual_seed(settings.seed + 1000 * world.rank + start_step)  # its own dropout
     if settings.grad_checkpointing:
-        model.gpt.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        checkpoint_activations(model)
     trained = model
     if world.size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -343,28 +341,15 @@ def run(
         drop = drop[mine].to(device) if model_config.null_cond else None
         # 5c. Token cross-entropy (+ the embedding reconstruction on a few pictures), summed
         #     over the micro-batches; DDP averages the gradients over the processes.
-        total = 0.0
-        for k in range(settings.accum):
-            part = slice(k * micro, (k + 1) * micro)
-            last_micro = k == settings.accum - 1
-            sync = contextlib.nullcontext()
-            if world.size > 1 and not last_micro:
-                sync = trained.no_sync()
-            with sync:
-                with autocast:
-                    logits = trained(cond[part], target[part], None if drop is None else drop[part])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), target[part].flatten())
-                if settings.recon_weight > 0:
-                    few = slice(0, min(settings.recon_images, micro))
-                    loss = loss + settings.recon_weight * recon_loss(
-                        logits[few].float(),
-                        embeds[part][few],
-                        vqgan,
-                        perceptor,
-                        model_config,
-                    )
-                (loss / settings.accum).backward()
-            total += loss.item() / settings.accum
+        recon = None
+        if settings.recon_weight > 0:
+
+            def recon(logits: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+                return recon_loss(logits, embeds, vqgan, perceptor, model_config)
+
+        total = accumulate_gradients(
+            trained, settings, world, cond, target, drop, embeds, autocast, recon
+        )
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -451,6 +436,52 @@ def run(
         )
     world.barrier()
     return figures
+
+
+def accumulate_gradients(
+    trained: torch.nn.Module,
+    settings: TrainSettings,
+    world: World,
+    cond: torch.Tensor,
+    target: torch.Tensor,
+    drop: torch.Tensor | None,
+    embeds: torch.Tensor,
+    autocast: Any,
+    recon: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+) -> float:
+    """Forward and backward over this process's slice in --accum micro-batches: cond [b, E],
+    target [b, T], drop [b] (None: no condition dropout), embeds [b, E] (the clean ones, for the
+    reconstruction). Gradients add up in .grad (DDP syncs on the last micro-batch only);
+    returns the slice's mean loss."""
+    micro = len(target) // settings.accum
+    total = 0.0
+    for k in range(settings.accum):
+        part = slice(k * micro, (k + 1) * micro)
+        sync = contextlib.nullcontext()
+        if world.size > 1 and k < settings.accum - 1:
+            sync = trained.no_sync()
+        with sync:
+            with autocast:
+                logits = trained(cond[part], target[part], None if drop is None else drop[part])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), target[part].flatten())
+            if recon is not None:
+                # Only a few pictures: each is decoded by the VQGAN and embedded by CLIP.
+                few = slice(0, min(settings.recon_images, micro))
+                loss = loss + settings.recon_weight * recon(logits[few].float(), embeds[part][few])
+            (loss / settings.accum).backward()
+        total += loss.item() / settings.accum
+    return total
+
+
+def checkpoint_activations(model: cg.ClipGen) -> None:
+    """Recompute each GPT-2 block's activations in the backward pass instead of keeping them
+    (non-reentrant, which DDP needs); transformers 5 renamed the call."""
+    gpt = model.gpt
+    kwargs = {"use_reentrant": False}
+    if hasattr(gpt, "activation_checkpointing_enable"):
+        gpt.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        gpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def fmt(value: float | None) -> str:

@@ -427,3 +427,16 @@ def test_two_processes_train_what_one_process_trains(tmp_path: Path) -> None:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     moved = load_file(str(tmp_path / "one" / cg.WEIGHTS_FILE))
     assert any(v.abs().sum() > 0 for v in moved.values())
+
+
+def test_activation_checkpointing_changes_nothing_and_bf16_trains(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images")
+    common = {"steps": 4, "checkpoint_every": 4, "eval_every": 4, "workers": 0}
+    train(settings(images, tmp_path / "plain", **common), out=lambda _: None)
+    train(settings(images, tmp_path / "ckpt", grad_checkpointing=True, **common), out=print)
+    a = load_file(str(tmp_path / "plain" / cg.WEIGHTS_FILE))
+    b = load_file(str(tmp_path / "ckpt" / cg.WEIGHTS_FILE))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    figures = train(settings(images, tmp_path / "bf16", precision="bf16", **common), out=print)
+    assert math.isfinite(figures["train_loss"]) and figures["train_loss"] < math.log(1024)
