@@ -45,8 +45,18 @@ def test_defaults_name_the_published_models_and_download_urls() -> None:
     assert not config.tiny
     assert config.clip[0].model == "ViT-B-32" and config.clip[0].pretrained
     models = config.generator_section("vqgan")["models"]
-    assert set(models) == {"imagenet_f16_16384", "imagenet_f16_1024", "gumbel_f8_8192"}
+    assert set(models) == {
+        "imagenet_f16_16384", "imagenet_f16_1024", "gumbel_f8_8192", "clipgen_coco",
+    }  # fmt: skip
     assert all(m["checkpoint"].startswith("https://") for m in models.values())
+    # CLIP-guided diffusion's prior: OpenAI's unconditional models; CLIP-GEN: HFAiLab's COCO.
+    diffusion = config.generator_section("diffusion")
+    assert diffusion["model"] in diffusion["models"]
+    assert diffusion["models"]["openai_256_uncond"]["checkpoint"].endswith(
+        "/256x256_diffusion_uncond.pt"
+    )
+    clipgen = config.generator_section("clipgen")
+    assert clipgen["model"].endswith("/gpt_coco.pt") and clipgen["vqgan"] == "clipgen_coco"
 
 
 def test_toml_file_with_relative_paths_and_an_ensemble(tmp_path) -> None:
