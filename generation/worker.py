@@ -30,21 +30,24 @@ the memory back). ``close()`` waits for the device thread at most ``close_timeou
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from generation.abandoned import AbandonedThreads
 from generation.errors import GenerationCancelled, GenerationError
 from generation.request import GenerationRequest, Progress, RunControl
+from generation.worker_batch import batchable, finished_image, lose_stuck_batch, run_batch
 from generation.workers import (
     CallGate,
     FinishedImage,
+    GroupMember,
     JobTimedOut,
     ProgressFrame,
     WorkerFailed,
@@ -55,6 +58,10 @@ from generation.workers import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Jobs painting in one step when IMAGINE_BATCH_SIZE is not set, on a CUDA device (on a CPU a
+# batch only makes each job slower: 1).
+CUDA_BATCH_SIZE = 4
 
 # Preview frames are shown in a Discord embed a few hundred pixels wide; a smaller frame keeps
 # uploads quick and edits cheap.
@@ -91,6 +98,9 @@ class _Job:
     request: GenerationRequest
     on_progress: Callable[[ProgressFrame], None] | None
     timer: asyncio.TimerHandle | None = None
+    # Members of one submit_group share a group (an object of their own) and its size.
+    group: object = None
+    group_size: int = 1
 
 
 @dataclass
@@ -98,12 +108,6 @@ class _Call:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
-
-
-def _encode_png(image: Any, metadata: dict[str, str] | None = None) -> bytes:
-    from generation.png import encode_png
-
-    return encode_png(image, metadata or {})
 
 
 def _preview_png(image: Any) -> bytes:
@@ -138,6 +142,7 @@ class GpuWorker:
         max_stuck_threads: int = 2,
         close_timeout: float = 30.0,
         start_timeout: float | None = None,
+        batch_size: int | None = None,
     ) -> None:
         """``start_timeout``: how long loading the models at start may take (None: no limit;
         first downloads of real weights can take many minutes)."""
@@ -145,10 +150,19 @@ class GpuWorker:
             raise ValueError(f"job_timeout must be above 0 or None, not {job_timeout}")
         if calls_per_step < 1:
             raise ValueError(f"calls_per_step must be 1 or more, not {calls_per_step}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more or None, not {batch_size}")
         self._models_spec = models_spec
         self._device = device
         self._store_factory = store_factory or _default_store_factory
         self._generate = generate
+        # Continuous batching (generation/worker_batch.py): up to batch_size step-form jobs
+        # paint in one step. None: 4 on CUDA, 1 on a CPU (decided once the device is known).
+        self._batch_setting = batch_size
+        self.batch_size = batch_size or 1
+        self._batches_allowed = generate is None  # a stand-in generate runs jobs alone
+        self._waiting: collections.deque[_Job] = collections.deque()  # device thread only
+        self._batch_jobs: list[_Job] = []  # the jobs painting in the running batch
         self.job_timeout = job_timeout
         self._hang_grace = hang_grace
         self._gate = CallGate(max_waiting_calls)
@@ -206,6 +220,8 @@ class GpuWorker:
         current = self._current
         if current is not None:
             current.handle.cancel()
+        for member in list(self._batch_jobs):
+            member.handle.cancel()
         self._wake.set()
         if self._thread is not None and self._loading:
             # A download or a load cannot be interrupted, and a stop must not wait for one
@@ -246,6 +262,29 @@ class GpuWorker:
         self._wake.set()
         return handle
 
+    def submit_group(self, members: Sequence[GroupMember]) -> list[JobHandle]:
+        """Queue jobs that paint together (one /imagine with count > 1): consecutive in the
+        queue and admitted into one batch step together (in chunks of the batch size when
+        there are more). Each has its own handle, progress, cancel and outcome."""
+        loop = self._require_started()
+        group, handles, jobs = object(), [], []
+        for member in members:
+            job_id = member.job_id
+            if job_id is None:
+                self._next_id += 1
+                job_id = self._next_id
+            handle = JobHandle(job_id, loop.create_future())
+            handles.append(handle)
+            if self.failure is not None:
+                handle._future.set_exception(WorkerFailed(self.failure))
+                continue
+            jobs.append(_Job(handle, member.request, member.on_progress, group=group))
+        for job in jobs:
+            job.group_size = len(jobs)
+            self._jobs.put(job)
+        self._wake.set()
+        return handles
+
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(store, *args)`` on the device thread, between steps of a running job.
 
@@ -282,7 +321,7 @@ class GpuWorker:
 
     @property
     def busy(self) -> bool:
-        return self._current is not None
+        return self._current is not None or bool(self._batch_jobs)
 
     @property
     def max_waiting_calls(self) -> int:
@@ -291,8 +330,8 @@ class GpuWorker:
 
     @property
     def capacity(self) -> int:
-        """Jobs this worker runs at once."""
-        return 1
+        """Jobs this worker runs at once (its batch size)."""
+        return self.batch_size
 
     def status(self) -> WorkersStatus:
         up = int(self._thread is not None and self.store is not None and self.failure is None)
@@ -372,6 +411,10 @@ class GpuWorker:
             log.debug("event loop closed before a progress frame could be delivered")
 
     def _fail_pending(self, error: GenerationError) -> None:
+        while self._waiting:
+            job = self._waiting.popleft()
+            if not job.handle._future.done():
+                job.handle._future.set_exception(error)
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -402,18 +445,32 @@ class GpuWorker:
                 self._resolve(ready, error=error)
                 return
             self._loading = False
+            if self._batch_setting is None and _device_type(self.store) == "cuda":
+                self.batch_size = CUDA_BATCH_SIZE
             self._resolve(ready, None)
         while not self._stopping.is_set() and generation == self._generation:
             self._run_calls()
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
+            job = self._next_waiting()
+            if job is None:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            if batchable(self, job):
+                run_batch(self, generation)  # until the batch is empty (worker_batch.py)
+                continue
+            self._waiting.popleft()
             self._run_job(job)
         if generation == self._generation:
             self._run_calls()
+
+    def _next_waiting(self) -> _Job | None:
+        """The first waiting job (submitted jobs move from the queue to ``_waiting`` here)."""
+        while True:
+            try:
+                self._waiting.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return self._waiting[0] if self._waiting else None
 
     def _configure_threads(self) -> None:
         """On a CPU, leave one core to the event loop so heartbeats and replies stay prompt."""
@@ -453,17 +510,7 @@ class GpuWorker:
         )
         try:
             result = self._generate_fn()(job.request, self.store, control)
-            finished = FinishedImage(
-                png=_encode_png(result.image, result.metadata),
-                width=result.image.width,
-                height=result.image.height,
-                seed=result.request.seed,
-                steps_done=result.steps_done,
-                elapsed=result.elapsed,
-                loss=result.loss,
-                clip_score=result.clip_score,
-                metadata=dict(result.metadata),
-            )
+            finished = finished_image(result)
         except GenerationError as error:
             self._resolve(handle._future, error=error)
         except Exception as error:
@@ -516,7 +563,7 @@ class GpuWorker:
     def _replace_if_stuck(self, job: _Job) -> None:
         """The timed-out job ignored its cancel for ``hang_grace`` seconds: abandon its thread
         and let a fresh one (same models) take the next job."""
-        if self._current is not job or self._stopping.is_set():
+        if (self._current is not job and job not in self._batch_jobs) or self._stopping.is_set():
             return
         stuck = self._thread
         assert stuck is not None
@@ -533,6 +580,7 @@ class GpuWorker:
         )
         self._generation += 1
         self._current = None
+        lose_stuck_batch(self, job)
         self.threads_replaced += 1
         abandon = getattr(self.store, "abandon_thread", None)
         if callable(abandon):
@@ -578,6 +626,11 @@ class GpuWorker:
 
             self._generate = generate
         return self._generate
+
+
+def _device_type(store: Any) -> str:
+    device = getattr(store, "device", "cpu")
+    return str(getattr(device, "type", device))
 
 
 def _device_name(device: Any) -> str:

@@ -8,7 +8,7 @@ Nothing here imports torch or Ray, so the bot can name these types before any mo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -78,6 +78,15 @@ class FinishedImage:
 
 
 @dataclass(frozen=True)
+class GroupMember:
+    """One job of a group that paints together (``Workers.submit_group``)."""
+
+    request: GenerationRequest
+    on_progress: Callable[[ProgressFrame], None] | None = None
+    job_id: object = None
+
+
+@dataclass(frozen=True)
 class WorkersStatus:
     """How many workers there are, how many are up (models loaded, reachable) and how many are
     painting a job right now; for /info and /queue."""
@@ -124,6 +133,12 @@ class Workers(Protocol):
         *,
         job_id: object = None,
     ) -> Handle: ...
+
+    def submit_group(self, members: Sequence[GroupMember]) -> list[Handle]:
+        """Jobs that paint together (one request for several pictures): queued consecutively
+        and admitted into one batch step together (in chunks of the batch size). One Handle
+        per member, in order, each like ``submit``'s."""
+        ...
 
     async def embed_texts(self, texts: list[str]) -> list[list[float]]: ...
 
