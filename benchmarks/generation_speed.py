@@ -272,17 +272,18 @@ def main(argv: list[str] | None = None) -> int:
 # steps per second and peak memory (DIFFUSION helper's part)
 #
 # One run of each generator through the engine at the same size and cutn, on random weights
-# with the real architectures: the pixel diffusion UNet of the DDPM 256 px models, Stable
-# Diffusion 1.x's UNet + VAE + text encoder, a 16 x 256 SIREN, and ViT-B-32 as the perceptor
-# for all of them. Steps are timed from one step's start to the next (warm-up steps dropped);
-# peak memory is the most the device held during the run, weights included (on a CPU: the
-# process's peak resident memory so far, which only grows from one generator to the next).
+# with the real architectures: the ADM UNet of OpenAI's 256 px uncond model (the default
+# prior), Stable Diffusion 1.x's UNet + VAE + text encoder, a 16 x 256 SIREN, and ViT-B-32 as
+# the perceptor for all of them. Steps are timed from one step's start to the next (warm-up
+# steps dropped); peak memory is the most the device held during the run, weights included (on
+# a CPU: the process's peak resident memory so far, which only grows from one generator to the
+# next).
 
 RANDOM_ARCHITECTURES: dict[str, dict[str, object]] = {
     "diffusion": {
         "model": "random",
-        "unet_config": "ddpm-256-unet.json",
-        "scheduler_config": "ddpm-256-scheduler.json",
+        "unet_config": "adm-256-uncond.json",
+        "scheduler_config": "adm-scheduler.json",
     },
     "latent_diffusion": {
         "model": "random",
