@@ -117,8 +117,8 @@ class ModelsConfig:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise BadRequest(
-                f"models file {spec!r} not found: give a TOML file of models (see the README, "
-                f"'Models TOML') or 'tiny' for the built-in tiny test models"
+                f"models file {spec!r} not found: give a TOML file of models (see docs/models.md) "
+                f"or 'tiny' for the built-in tiny test models"
             )
         return cls.from_toml(path, source=str(path))
 
