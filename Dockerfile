@@ -46,13 +46,14 @@ WORKDIR /app
 
 # Dependencies first, in their own layer: torch and friends are gigabytes and change rarely.
 # Only pyproject.toml and the pinned versions go in, so editing the code or the README does
-# not reinstall them. Empty packages (and an empty README, which pyproject names) stand in for
+# not reinstall them. For cu126, torch and torchvision (the pinned versions) come from
+# PyTorch's index without their dependencies; the next pip install adds those from PyPI. Empty packages (and an empty README, which pyproject names) stand in for
 # the code so that pip resolves only the dependencies, the `ray` extra included.
 COPY pyproject.toml constraints.txt ./
 RUN mkdir -p bot generation db \
     && touch bot/__init__.py generation/__init__.py db/__init__.py README.md \
     && if [ -n "$TORCH_INDEX_URL" ]; then \
-         pip install -c constraints.txt torch torchvision --index-url "$TORCH_INDEX_URL"; \
+         pip install --no-deps -c constraints.txt torch torchvision --index-url "$TORCH_INDEX_URL"; \
        fi \
     && pip install -c constraints.txt '.[ray]' \
     && pip uninstall -y clip-imagine \
