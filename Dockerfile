@@ -1,7 +1,7 @@
 # The bot with its GPU worker. With Docker Compose: `docker compose up -d` (docker-compose.yml,
 # .env.example). By hand:
 #   docker build -t clip-imagine .
-#   docker run --gpus all --env-file .env -v imagine-data:/data -v imagine-cache:/cache clip-imagine
+#   docker run --gpus all --init --env-file .env -v imagine-data:/data -v imagine-cache:/cache clip-imagine
 # docs/self-hosting.md has the details, the GPU/driver table and the troubleshooting.
 #
 # Two torch builds, chosen with --build-arg TORCH_CUDA=...:

@@ -32,6 +32,7 @@ def test_compose_reserves_a_gpu_and_keeps_data_and_cache_apart() -> None:
     assert mounts["/data"] != mounts["/cache"]
     assert {mounts["/data"], mounts["/cache"]} <= set(compose["volumes"])
     assert bot["env_file"] == ".env"
+    assert bot["init"] is True  # the bot is not PID 1, which would ignore an early SIGTERM
     assert bot["build"]["args"]["TORCH_CUDA"].startswith("${TORCH_CUDA")
 
 
