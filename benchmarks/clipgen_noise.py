@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--renders", type=int, default=400, help="renders for the gap")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gap-only", action="store_true", help="measure the gap, no sweep")
+    parser.add_argument(
+        "--cache-from", type=Path, help="a training run on the same --images: link its cache"
+    )
     args = parser.parse_args(argv)
 
     gap = modality_gap(args.models, args.renders, quality)
@@ -184,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--images is required for the sweep (or pass --gap-only)")
     args.root.mkdir(parents=True, exist_ok=True)
     rows = []
-    first = None
+    first = args.cache_from
     for level in (float(x) for x in args.levels.split(",")):
         model = train_level(args, level, first)
-        first = first or model
+        first = first or model  # later levels link the first level's cache
         results = judged(quality, args, model, f"noise {level:g}")
         row = {"level": level, "rows": results}
         if args.guidance != 1.0:

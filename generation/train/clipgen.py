@@ -645,7 +645,10 @@ def prepare_cache(
     if units:
         out(f"cache {folder}: {len(units)} part(s) to compute ({source.describe()})")
     with tqdm(
-        total=todo or None, unit="img", desc="embedding and tokenizing", disable=not mine
+        total=todo or None,
+        unit="img",
+        desc="embedding and tokenizing",
+        disable=not (mine and world.main),
     ) as bar:
         data.build_parts(
             folder, mine, size, encode, fingerprints["vqgan"]["n_embed"],

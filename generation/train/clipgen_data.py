@@ -1,7 +1,8 @@
 """CLIP-GEN's training pictures: where they come from, and the cache of what they become.
 
 Sources (``--images``):
-    a folder            every image below it, recursively (ImageNet's class folders work)
+    a folder            every image below it, recursively (ImageNet's class folders work);
+                        a folder of .tar files and no images: those shards
     a file list (.txt)  one image path a line, relative to the list's folder; # starts a comment
     tar shards (.tar)   webdataset shards: "data/shard-{000000..000999}.tar" (brace ranges),
                         a comma-separated list, or one .tar; a sample's first image field is used
@@ -99,6 +100,9 @@ def find_source(images: str | Path) -> Source:
             name = file.relative_to(path).as_posix()
             source.files[stamp(file, name)] = str(file)
     if not source.files:
+        shards = sorted(p for p in path.rglob("*.tar") if p.is_file())
+        if shards:  # a folder of webdataset shards
+            return _tar_source(",".join(str(p) for p in shards))
         raise BadRequest(
             f"no images in {path} or its subfolders (looked for {', '.join(IMAGE_SUFFIXES)}); "
             f"give a folder of pictures"
@@ -199,14 +203,14 @@ class Decoded(torch.utils.data.IterableDataset):
             return False  # a damaged tar stops here; what came before it is kept
 
         for sample in tarfile_samples([{"url": unit.tar}], handler=handler):
-            key = f"{Path(str(unit.tar)).name}#{sample.get('__key__')}"
+            key = f"{unit.tar}#{sample.get('__key__')}"
             field_name = next((k for k in sample if f".{k.lower()}" in IMAGE_SUFFIXES), None)
             if field_name is None:
                 yield unit.name, key, None, "no image in the sample"
                 continue
             yield (unit.name, key, *decode_picture(sample[field_name], self.size))
         if errors:
-            yield unit.name, f"{Path(str(unit.tar)).name}#<tar>", None, f"damaged tar ({errors[0]})"
+            yield unit.name, f"{unit.tar}#<tar>", None, f"damaged tar ({errors[0]})"
 
 
 # --------------------------------------------------------------------------- the cache

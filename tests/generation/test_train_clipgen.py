@@ -348,6 +348,11 @@ def test_webdataset_shards_and_file_lists_are_sources(tmp_path: Path) -> None:
     train(dataclasses.replace(more, allow_change=["steps"]), out=lines.append)
     assert any("1 part(s) to compute" in line for line in lines), lines
     assert any(line.startswith("15 usable picture(s) from 3 tar shard(s)") for line in lines)
+    # A folder holding shards and no pictures is read as those shards.
+    (tmp_path / "shards").mkdir()
+    for shard in sorted(tmp_path.glob("shard-*.tar")):
+        os.link(shard, tmp_path / "shards" / shard.name)
+    assert len(data.find_source(tmp_path / "shards").shards) == 3
     # A file list: one path a line, relative to the list, comments and blank lines skipped.
     listing = tmp_path / "list.txt"
     listing.write_text("# pictures\n" + "\n".join(f"pictures/{n}" for n in names[:5]) + "\n\n")
