@@ -318,3 +318,26 @@ def test_a_file_the_hub_does_not_have_fails_at_once(tmp_path, monkeypatch) -> No
     with pytest.raises(WeightsNotFound, match="refused hf://owner/repo/w.ckpt.*check the owner"):
         resolve_weight("hf://owner/repo/w.ckpt", what="w", how_to_get="", cache_dir=tmp_path)
     assert calls == [True, False]
+
+
+def test_a_cached_legacy_file_cut_short_is_moved_aside_when_its_load_fails(tmp_path) -> None:
+    import dataclasses
+
+    from generation.checkpoints import load_state_dict
+    from generation.errors import CheckpointError
+    from generation.models import ModelsConfig, ModelStore
+
+    config = dataclasses.replace(ModelsConfig.load("tiny"), cache_dir=tmp_path / "cache")
+    store = ModelStore(config, device="cpu")
+    url = "https://example.org/old.pth"
+    cached = url_cache_path(url, store.cache_dir)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    data = _legacy(tmp_path).read_bytes()
+    cached.write_bytes(data[: len(data) * 3 // 4])  # an old download cut short
+
+    def load() -> dict:
+        return load_state_dict(store.resolve(url, what="old", how_to_get=""))
+
+    with pytest.raises(CheckpointError, match="truncated torch checkpoint and was moved aside"):
+        store.get_or_load("old", load)
+    assert not cached.exists() and cached.with_name(cached.name + ".corrupt").exists()
