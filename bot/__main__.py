@@ -84,6 +84,7 @@ def make_workers(settings: Settings) -> Workers:
             address=settings.ray_address,
             device=settings.device,
             job_timeout=settings.job_timeout,
+            batch_size=settings.batch_size or None,
             worker_options={"store_factory": opener},
         )
     from generation.worker import GpuWorker
@@ -92,6 +93,7 @@ def make_workers(settings: Settings) -> Workers:
         settings.models,
         device=settings.device,
         job_timeout=settings.job_timeout,
+        batch_size=settings.batch_size or None,
         store_factory=opener,
         start_timeout=START_TIMEOUT_S,
     )

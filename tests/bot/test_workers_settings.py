@@ -41,9 +41,16 @@ def test_ray_settings_are_read_from_the_environment() -> None:
     assert isinstance(pool, RayPool) and pool.capacity == 3 and pool.job_timeout == 600.0
 
 
+def test_batch_size_sets_how_many_jobs_a_painter_paints_at_once() -> None:
+    assert load_settings(BASE).batch_size == 0  # 4 on a GPU, 1 on a CPU: the worker decides
+    worker = make_workers(load_settings(BASE | {"IMAGINE_BATCH_SIZE": "3"}))
+    assert isinstance(worker, GpuWorker) and worker.capacity == 3
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
+        ("IMAGINE_BATCH_SIZE", "-1", "batch_size"),
         ("IMAGINE_WORKERS", "gpu", "must be local or ray"),
         ("IMAGINE_RAY_WORKERS", "0", "ray_workers"),
         ("IMAGINE_RAY_GPUS", "-1", "ray_gpus"),

@@ -18,6 +18,7 @@ from generation.errors import GenerationCancelled  # noqa: E402
 from generation.ray_pool import RayPool  # noqa: E402
 from generation.request import GenerationRequest  # noqa: E402
 from generation.workers import (  # noqa: E402
+    GroupMember,
     JobTimedOut,
     ProgressFrame,  # noqa: E402
     WorkerLost,
@@ -47,7 +48,8 @@ def cluster() -> object:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool(cluster: object) -> AsyncIterator[RayPool]:
-    pool = RayPool("tiny", workers=2, gpus=0, resources={RESOURCE: 1}, hang_grace=5.0)
+    # Each painter batches two jobs: single jobs still spread over both painters first.
+    pool = RayPool("tiny", workers=2, gpus=0, resources={RESOURCE: 1}, hang_grace=5.0, batch_size=2)
     await asyncio.wait_for(pool.start(), TIMEOUT)
     try:
         yield pool
@@ -95,6 +97,28 @@ async def test_two_jobs_paint_at_the_same_time_and_progress_streams_back(pool: R
     assert sum(n == "a" for n, _, _ in events) == 30
     assert first["a"] < last["b"] and first["b"] < last["a"]
     assert pool.status().busy == 0
+
+
+async def test_a_group_paints_together_on_one_painter(pool: RayPool) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from generation.engine import generate
+    from tests.generation.generator_helpers import tiny_store
+
+    await asyncio.wait_for(all_up(pool), TIMEOUT)
+    assert pool.capacity == 4
+    requests = [request("a fox", 12, seed=5), request("a fox", 12, seed=6)]
+    handles = pool.submit_group([GroupMember(r, job_id=f"g{i}") for i, r in enumerate(requests)])
+    assert pool.pid_running("g0") == pool.pid_running("g1") is not None
+    results = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), TIMEOUT)
+    assert [r.seed for r in results] == [5, 6] and {r.steps_done for r in results} == {12}
+    pictures = [np.asarray(Image.open(io.BytesIO(r.png)), dtype=np.float64) for r in results]
+    alone = np.asarray(generate(requests[0], tiny_store()).image, dtype=np.float64)
+    assert np.abs(pictures[0] - alone).mean() / 255 < 1 / 255
+    assert np.abs(pictures[0] - pictures[1]).mean() / 255 > 1 / 255
 
 
 async def test_cancel_stops_a_running_job(pool: RayPool) -> None:
