@@ -27,6 +27,7 @@ from bot.delivery import Delivery
 from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
 from bot.progress import ReplyManager
+from bot.queuewatch import QueueWatcher
 from bot.replies import JobReplySink
 from bot.retention import RetentionSweeper
 from bot.scheduler import Scheduler
@@ -80,7 +81,12 @@ class ImagineBot(commands.Bot):
             started_at=self.started_at,
             final_attempts=settings.final_edit_attempts,
         )
-        self.delivery = Delivery(conn, self.replies, retry_after=settings.redeliver_after)
+        self.delivery = Delivery(
+            conn,
+            self.replies,
+            retry_after=settings.redeliver_after,
+            max_attempts=settings.redeliver_attempts,
+        )
         self.policy = PolicyChain([BlockedTermsPolicy(conn)])
         self.admission = Admission(
             conn,
@@ -102,6 +108,12 @@ class ImagineBot(commands.Bot):
             delivery=self.delivery,
         )
         self.jobs = JobService(conn, settings, self.admission, self.scheduler, self.replies)
+        self.queue_watcher = QueueWatcher(
+            conn, self.replies, self.jobs.eta, spacing=settings.edit_interval
+        )
+        self.jobs.queue_watcher = self.queue_watcher
+        # A finished job frees a worker: the next one starts and every waiting job moves up.
+        self.scheduler.on_job_finished.append(self.queue_watcher.poke)
         self.retention = RetentionSweeper(
             conn,
             (settings.output_dir, settings.input_dir),
@@ -127,6 +139,7 @@ class ImagineBot(commands.Bot):
         await self.scheduler.start()
         await self.delivery.resume()
         self.retention.start()
+        self.queue_watcher.start()
 
     async def sync_commands(self) -> None:
         if self.settings.guild_ids:
@@ -163,6 +176,7 @@ class ImagineBot(commands.Bot):
             logging.getLogger("bot.jobs").info(job_line(job, outcome))
 
     async def close(self) -> None:
+        await self.queue_watcher.close()
         await self.scheduler.close()
         await self.retention.close()
         await self.delivery.close()

@@ -26,6 +26,7 @@ from bot.coalesce import NextRead
 from bot.modals import EditPromptModal
 from bot.moderation import permissions
 from bot.progress import ReplyManager
+from bot.queuewatch import QueueWatcher
 from bot.replies import edit_kwargs
 from bot.scheduler import Scheduler
 from db import Job, JobSpec
@@ -147,6 +148,8 @@ class JobService:
         # Observers (tests, tools): called with (interaction id, job) once a job's reply details
         # are stored.
         self.on_submitted: list[Callable[[int, Job], None]] = []
+        # Keeps the places shown on waiting jobs' messages up to date (set by the client).
+        self.queue_watcher: QueueWatcher | None = None
 
     # ---- new jobs ---------------------------------------------------------------------------
 
@@ -230,6 +233,9 @@ class JobService:
         message_id: int | None = None
         try:
             position = await self.positions.position(job.id)
+            if self.queue_watcher is not None:
+                self.queue_watcher.shown(job.id, position)
+                self.queue_watcher.poke()  # a new user's job may go ahead of others
             eta = await self.eta(position, job.generator)
             kwargs = edit_kwargs(render.queued(job, position, eta))
             kwargs.pop("attachments")
@@ -432,6 +438,8 @@ class JobService:
         except discord.HTTPException as error:
             log.warning("could not answer the cancel of job %s: %s", job.id, error)
         await self.cancelled_elsewhere([cancelled], by=interaction.user.id)
+        if self.queue_watcher is not None:
+            self.queue_watcher.poke()
 
     async def cancelled_elsewhere(self, jobs: list[Job], *, by: int | None) -> None:
         """Jobs cancelled in the database (a Cancel button, /ban, /purge): stop the running

@@ -11,6 +11,8 @@ sends whatever is newest once both limits allow it:
 
 The final edit (image and buttons, an error, "cancelled") supersedes any pending frame, jumps
 ahead of progress edits at the channel gate, and is retried until it lands or fails for good.
+Queue-position edits of waiting jobs (``ReplyManager.update_position``) go last: they take only
+the slots that no final or progress edit wants, and never overwrite a job that has started.
 
 This module does not talk to Discord itself: a ``ReplySink`` sends one edit (``bot.replies``
 has the real one) and reports failures as ``TransientSendError`` (try again later) or
@@ -103,10 +105,17 @@ class MessageThrottle:
         self._last = now
 
 
+# Edit priorities at a channel gate (higher goes first).
+RANK_POSITION = -1  # a waiting job's new place in the queue
+RANK_PROGRESS = 0
+RANK_FINAL = 1
+
+
 class ChannelGate:
     """Hands out edit slots for one channel. Final edits go first: while one waits, progress
-    edits hold back. A waiter's priority is asked anew each time it looks, so a reporter whose
-    final arrives while it waits moves up at once."""
+    edits hold back, and queue-position edits hold back for both. A waiter's priority
+    (``rank``: a bool "is final", or one of the RANK_ values) is asked anew each time it looks,
+    so a reporter whose final arrives while it waits moves up at once."""
 
     # How long a held-back progress edit waits before it looks again.
     RECHECK = 0.25
@@ -118,17 +127,17 @@ class ChannelGate:
         self._waiters: dict[object, Callable[[], bool]] = {}
         self._inflight = 0
 
-    def _final_waiting(self) -> bool:
-        return any(is_final() for is_final in self._waiters.values())
+    def _outranked(self, rank: int) -> bool:
+        return any(int(other()) > rank for other in self._waiters.values())
 
-    async def acquire(self, is_final: Callable[[], bool]) -> None:
+    async def acquire(self, is_final: Callable[[], bool | int]) -> None:
         """Wait for a slot; call ``release`` when the edit's request has completed."""
         token = object()
         self._waiters[token] = is_final
         try:
             while True:
                 wait = self.window.wait_time(self._clock(), self._inflight)
-                if wait <= 0 and (is_final() or not self._final_waiting()):
+                if wait <= 0 and not self._outranked(int(is_final())):
                     self._inflight += 1
                     return
                 await self._sleep(wait if 0 < wait < math.inf else self.RECHECK)
@@ -260,7 +269,7 @@ class JobReporter:
             if wait > 0:
                 await self._sleep(wait)
                 continue
-            await self._gate.acquire(lambda: self._final is not None)
+            await self._gate.acquire(self._rank)
             try:
                 if self._final is not None:
                     outcome = await self._send_final(self._final)
@@ -277,6 +286,13 @@ class JobReporter:
                 return
             if outcome is not None:  # a retry delay after a transient failure of the final
                 await self._sleep(float(outcome))
+
+    def _rank(self) -> int:
+        if self._final is not None:
+            return RANK_FINAL
+        if self._pending is not None and self._pending.waiting:
+            return RANK_POSITION
+        return RANK_PROGRESS
 
     async def _send(self, rendered: Rendered, final: bool) -> None:
         self.sent += 1
@@ -360,6 +376,9 @@ class ReplyManager:
         self._reporters: dict[int, JobReporter] = {}
         # Jobs whose final edit was sent: a late progress frame must not reopen their message.
         self._finished: OrderedDict[int, None] = OrderedDict()
+        # Jobs that have started painting: a queue position read before they started must
+        # not replace their progress.
+        self._started: set[int] = set()
         self._on_sent: list[Callable[[int, Rendered, bool], None]] = []
 
     def add_listener(self, listener: Callable[[int, Rendered, bool], None]) -> None:
@@ -407,7 +426,19 @@ class ReplyManager:
         """Show ``rendered`` on the job's message when the limits allow (newest wins)."""
         if job.id in self._finished:
             return
+        if rendered.waiting:
+            self._started.discard(job.id)  # back in the queue (a restart, a lost worker)
+        else:
+            self._started.add(job.id)
         self.reporter(job).update(rendered)
+
+    def update_position(self, job: Job, rendered: Rendered) -> bool:
+        """Show a waiting job's new place in the queue, unless it has started or finished
+        meanwhile. Sent at the lowest priority of the channel. True if it was taken."""
+        if job.id in self._finished or job.id in self._started:
+            return False
+        self.reporter(job).update(rendered)
+        return True
 
     async def finish(self, job: Job, rendered: Rendered) -> bool:
         """The job's last edit; waits until it landed (True) or could not be sent (False)."""
@@ -418,6 +449,7 @@ class ReplyManager:
             if self._reporters.get(job.id) is reporter:
                 del self._reporters[job.id]
             self.acks.forget(job.id)
+            self._started.discard(job.id)
             self._finished[job.id] = None
             while len(self._finished) > 10_000:
                 self._finished.popitem(last=False)

@@ -55,6 +55,8 @@ class Rendered:
     spoiler: bool = False
     buttons: str = BUTTONS_NONE
     job_id: int | None = None
+    # The job waits in the queue (not painting yet): queue-position edits may replace this.
+    waiting: bool = False
 
 
 class FrameLike(Protocol):
@@ -149,7 +151,9 @@ def queued(job: Job, position: int | None, eta: float | None = None) -> Rendered
         fields=_parameters(job),
         color=COLOR_QUEUED,
     )
-    return Rendered(content=content, embed=embed, buttons=BUTTONS_CANCEL, job_id=job.id)
+    return Rendered(
+        content=content, embed=embed, buttons=BUTTONS_CANCEL, job_id=job.id, waiting=True
+    )
 
 
 def restarted(job: Job, position: int | None) -> Rendered:
@@ -164,7 +168,9 @@ def restarted(job: Job, position: int | None) -> Rendered:
         fields=_parameters(job),
         color=COLOR_QUEUED,
     )
-    return Rendered(content=content, embed=embed, buttons=BUTTONS_CANCEL, job_id=job.id)
+    return Rendered(
+        content=content, embed=embed, buttons=BUTTONS_CANCEL, job_id=job.id, waiting=True
+    )
 
 
 def progress_filename(job: Job) -> str:
