@@ -37,7 +37,7 @@ from generation.workers import Workers
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.imagine", "bot.exts.info", "bot.exts.help")
+EXTENSIONS = ("bot.exts.imagine", "bot.exts.info", "bot.exts.repost", "bot.exts.help")
 # Written by the moderation work; loaded when it is there.
 OPTIONAL_EXTENSIONS = ("bot.exts.moderation", "bot.exts.rank")  # moderation helper: + rank
 

@@ -7,13 +7,21 @@ landed, ``undelivered`` when the reporter gave up (minutes of Discord errors). A
 picture is sent again in the background, after ``retry_after`` seconds and then twice as long
 each time (at most ``retry_cap``), and at every start of the bot (``resume``), until it lands:
 one final message per picture, never a duplicate, since each try edits the same message.
+After ``max_attempts`` tries the bot stops: the file is kept, and a short text (which may land
+where the picture did not) tells the user to fetch it with ``/repost``.
+
+A picture the image check could not check (verdict ``unchecked``, withheld) is checked again
+later (``RECHECK_DELAYS``, and at every start for two days); once the check gives a verdict the
+final message is sent again, as that verdict says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +39,22 @@ log = logging.getLogger(__name__)
 SHOW = "show"
 SPOILER = "spoiler"
 WITHHOLD = "withhold"
-# The check was on but could not run: the picture is withheld (fail closed).
+# The check was on but could not run: the picture is withheld (fail closed), and the check is
+# tried again after each of these pauses (and at every start within RECHECK_WINDOW).
 UNCHECKED = "unchecked"
+RECHECK_DELAYS = (30.0, 120.0, 600.0, 1800.0, 3600.0, 3 * 3600.0)
+RECHECK_WINDOW = 2 * 86400.0
+# Tries of a final edit before the bot stops and tells the user to fetch it with /repost
+# (with the pauses doubling from redeliver_after to 15 minutes: about two hours).
+DEFAULT_MAX_ATTEMPTS = 12
+
+
+def gave_up_note(job: Job) -> str:
+    return (
+        f"<@{job.user_id}> picture #{job.id} could not be posted here: Discord refused it "
+        f"{job.delivery_attempts} times. It is kept: use `/repost picture:{job.id}` to get it, "
+        "and /history to see your pictures."
+    )
 
 
 @dataclass(frozen=True)
@@ -98,17 +120,27 @@ class Delivery:
         *,
         retry_after: float = 30.0,
         retry_cap: float = 15 * 60.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if retry_after <= 0:
             raise ValueError(f"retry_after must be above 0, not {retry_after}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, not {max_attempts}")
         self._conn = conn
         self._replies = replies
         self.retry_after = retry_after
         self.retry_cap = max(retry_cap, retry_after)
+        self.max_attempts = max_attempts
         self._retries: dict[int, asyncio.Task[None]] = {}
+        self._rechecks: dict[int, asyncio.Task[None]] = {}
         self._closed = False
-        # Observers (tests): called with (job id, landed) after each attempt.
+        # The image check, tried again on pictures it could not check (the scheduler sets it).
+        self.recheck: Callable[[Job, bytes], Awaitable[str]] | None = None
+        self.recheck_delays: tuple[float, ...] = RECHECK_DELAYS
+        # Observers (tests): called with (job id, landed) after each attempt, and with the job
+        # id when the bot gives up on delivering a picture.
         self.on_attempt: list[Callable[[int, bool], None]] = []
+        self.on_gave_up: list[Callable[[int], None]] = []
 
     async def deliver(self, job: Job, rendered: Rendered) -> bool:
         """Send the final edit of a job that is 'done' with delivery 'pending'; True if it
@@ -117,6 +149,8 @@ class Delivery:
         await self._record(job.id, landed)
         if not landed:
             self._schedule(job.id, self.retry_after)
+        if job.image_verdict == UNCHECKED:
+            self.recheck_later(job.id)
         return landed
 
     async def resume(self) -> int:
@@ -127,22 +161,39 @@ class Delivery:
             self._schedule(job.id, 0.0)
         if jobs:
             log.info("start-up: delivering %d picture(s) that had not reached Discord", len(jobs))
+        unchecked = await db.unchecked_jobs(self._conn, since=time.time() - RECHECK_WINDOW)
+        for job in unchecked:
+            self.recheck_later(job.id)
         return len(jobs)
 
     def retry_later(self, job_id: int) -> None:
         """Send a finished job's picture again in the background (its first try broke)."""
         self._schedule(job_id, self.retry_after)
 
+    def rechecks(self) -> list[asyncio.Task[None]]:
+        """The image checks waiting to be tried again (tests wait for them)."""
+        return list(self._rechecks.values())
+
     def pending(self) -> int:
         return len(self._retries)
 
+    def recheck_later(self, job_id: int) -> None:
+        """Try the image check again on a picture it could not check, after each of
+        ``recheck_delays``; once it gives a verdict, the final message is sent again."""
+        if self._closed or self.recheck is None or job_id in self._rechecks:
+            return
+        task = asyncio.create_task(self._recheck(job_id), name=f"recheck-{job_id}")
+        self._rechecks[job_id] = task
+        task.add_done_callback(lambda _t, job_id=job_id: self._rechecks.pop(job_id, None))
+
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._retries.values())
+        tasks = [*self._retries.values(), *self._rechecks.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._retries.clear()
+        self._rechecks.clear()
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -178,9 +229,63 @@ class Delivery:
             try:
                 if await self._attempt(job_id):
                     return
+                if await self._gave_up(job_id):
+                    return
             except Exception:
                 log.exception("redelivery of job %s failed", job_id)
             delay = min(max(delay * 2, self.retry_after), self.retry_cap)
+
+    async def _gave_up(self, job_id: int) -> bool:
+        """After ``max_attempts`` failed tries: stop, keep the file, and tell the user (a short
+        text without the file, which may land where the picture did not) how to fetch it."""
+        job = await db.get_job(self._conn, job_id)
+        if job is None or job.delivery != "undelivered":
+            return job is None
+        if job.delivery_attempts < self.max_attempts:
+            return False
+        await db.give_up_delivery(self._conn, job_id)
+        log.warning(
+            "picture #%s could not be delivered after %d attempts; stopped trying (the file is "
+            "kept; /repost %s sends it)",
+            job_id,
+            job.delivery_attempts,
+            job_id,
+        )
+        notice = dataclasses.replace(render.expired(job), content=gave_up_note(job))
+        self._replies.acks.acked(job_id)  # acknowledged long ago: no edit waits for it
+        if not await self._replies.finish(job, notice):
+            log.warning("could not tell the user of picture #%s where to find it", job_id)
+        for observer in self.on_gave_up:
+            observer(job_id)
+        return True
+
+    async def _recheck(self, job_id: int) -> None:
+        for delay in self.recheck_delays:
+            await asyncio.sleep(delay)
+            try:
+                if await self._recheck_once(job_id):
+                    return
+            except Exception:
+                log.exception("the image check of picture #%s failed again", job_id)
+        log.warning("picture #%s: the image check still could not run; it stays withheld", job_id)
+
+    async def _recheck_once(self, job_id: int) -> bool:
+        """True when nothing is left to do (checked, or no longer an unchecked picture)."""
+        job = await db.get_job(self._conn, job_id)
+        if job is None or job.status != "done" or job.image_verdict != UNCHECKED:
+            return True
+        png = await asyncio.to_thread(_read, job.output_path) if job.output_path else None
+        if png is None or self.recheck is None:
+            return True  # the file is gone: nothing to check or show
+        verdict = await self.recheck(job, png)
+        if verdict == UNCHECKED:
+            return False
+        updated = await db.set_image_verdict(self._conn, job_id, verdict)
+        if updated is None:
+            return True
+        log.info("picture #%s checked on a later try: %s", job_id, verdict)
+        self._schedule(job_id, 0.0)  # its final message is sent again, as the check decided
+        return True
 
     async def _attempt(self, job_id: int) -> bool:
         """One more try; True when there is nothing left to do."""

@@ -125,6 +125,7 @@ class Scheduler:
         self.image_check: ImageCheck | None = None
         # Sends final pictures and retries the undelivered (the bot passes its configured one).
         self.delivery = delivery if delivery is not None else Delivery(conn, replies)
+        self.delivery.recheck = self._check_image
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None

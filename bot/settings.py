@@ -85,15 +85,33 @@ class Settings:
     # picture counts as showing a blocked concept. Image-text similarities run far lower than
     # text-text ones, hence a threshold of its own (see bot/moderation/image_check.py).
     image_check_threshold: float = DEFAULT_IMAGE_THRESHOLD
+    # How the operator's global blocked concepts (python -m bot.operator block-concept) treat a
+    # finished picture everywhere, direct messages included: off, spoiler or withhold.
+    image_check_global: str = "withhold"
     # Delivery: the final edit is tried final_edit_attempts times (with backoff) before the
     # picture counts as undelivered; it is sent again after redeliver_after seconds, then
     # twice as long each time up to 15 minutes, and at every start of the bot.
     final_edit_attempts: int = 8
     redeliver_after: float = 30.0
+    # Tries of delivering a picture before the bot stops and tells its user to fetch it with
+    # /repost (about two hours with the doubling pauses); the file is kept.
+    redeliver_attempts: int = 12
     # Retention of attachments and finished pictures: an hourly sweep deletes files older than
     # retention_days, then the oldest until all take at most retention_max_gb (0: no limit).
     retention_days: float = 30.0
     retention_max_gb: float = 20.0
+    # Retention of database rows (the same hourly sweep): finished jobs older than
+    # job_rows_days and moderation log entries older than modlog_days are deleted (0: keep).
+    # Interaction tokens of finished jobs are cleared as soon as they have expired.
+    job_rows_days: float = 90.0
+    modlog_days: float = 365.0
+    # Refused prompts recorded in the moderation log per user per hour; more refusals are
+    # still refused, only not logged one by one (a flood cannot fill the log).
+    refusals_logged_per_hour: int = 20
+    # Limits on one user across all servers and DMs together (the servers' own /limits apply
+    # per server): jobs per hour and jobs waiting or running at once.
+    user_jobs_per_hour: int = 60
+    user_waiting: int = 10
     # Commands in direct messages: off by default (no server's moderators see them). When on,
     # the operator's global bans, blocked terms and concepts apply there.
     allow_dms: bool = False
@@ -148,6 +166,17 @@ class Settings:
             raise SettingsError(
                 f"image_check_threshold must be between -1 and 1, not {self.image_check_threshold}"
             )
+        if self.image_check_global not in ("off", "spoiler", "withhold"):
+            raise SettingsError(
+                f"image_check_global must be off, spoiler or withhold, not "
+                f"{self.image_check_global!r}"
+            )
+        for name in ("redeliver_attempts", "user_jobs_per_hour", "user_waiting"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be 1 or more, not {getattr(self, name)}")
+        for name in ("job_rows_days", "modlog_days", "refusals_logged_per_hour"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.redeliver_after <= 0:
             raise SettingsError(f"redeliver_after must be above 0, not {self.redeliver_after}")
         for name in ("retention_days", "retention_max_gb"):
@@ -256,6 +285,13 @@ ENV_NAMES: dict[str, str] = {
     "IMAGINE_IMAGE_CHECK_THRESHOLD": "image_check_threshold",
     "IMAGINE_FINAL_EDIT_ATTEMPTS": "final_edit_attempts",
     "IMAGINE_REDELIVER_AFTER": "redeliver_after",
+    "IMAGINE_REDELIVER_ATTEMPTS": "redeliver_attempts",
+    "IMAGINE_IMAGE_CHECK_GLOBAL": "image_check_global",
+    "IMAGINE_JOB_ROWS_DAYS": "job_rows_days",
+    "IMAGINE_MODLOG_DAYS": "modlog_days",
+    "IMAGINE_REFUSALS_LOGGED_PER_HOUR": "refusals_logged_per_hour",
+    "IMAGINE_USER_JOBS_PER_HOUR": "user_jobs_per_hour",
+    "IMAGINE_USER_WAITING": "user_waiting",
     "IMAGINE_RETENTION_DAYS": "retention_days",
     "IMAGINE_RETENTION_MAX_GB": "retention_max_gb",
     "IMAGINE_ALLOW_DMS": "allow_dms",
@@ -454,6 +490,13 @@ SETTING_HELP: dict[str, str] = {
     "image_check_threshold": "CLIP similarity from which a picture shows a blocked concept",
     "final_edit_attempts": "tries of a final edit before the picture counts as undelivered",
     "redeliver_after": "seconds before an undelivered picture is sent again (then doubling)",
+    "redeliver_attempts": "tries of delivering a picture before the user is told to /repost it",
+    "image_check_global": "off, spoiler or withhold: pictures near the operator's global concepts",
+    "job_rows_days": "delete finished job rows older than this many days (0: keep)",
+    "modlog_days": "delete moderation log entries older than this many days (0: keep)",
+    "refusals_logged_per_hour": "refused prompts logged per user per hour (0: none)",
+    "user_jobs_per_hour": "jobs one user may start per hour across all servers",
+    "user_waiting": "jobs one user may have waiting or running across all servers",
     "retention_days": "delete pictures and attachments older than this (0: keep)",
     "retention_max_gb": "then delete the oldest until they take at most this (0: no limit)",
     "allow_dms": "take commands in direct messages (true/false)",

@@ -67,6 +67,7 @@ def job_from_row(row: aiosqlite.Row) -> Job:
         delivery_attempts=row["delivery_attempts"],
         image_verdict=row["image_verdict"],
         expired_at=row["expired_at"],
+        delivery_gave_up_at=row["delivery_gave_up_at"],
     )
 
 

@@ -80,27 +80,78 @@ async def mark_undelivered(conn: aiosqlite.Connection, job_id: int) -> Job | Non
 
 
 async def undelivered_jobs(conn: aiosqlite.Connection) -> list[Job]:
-    """Finished jobs whose picture has not landed yet (pending or undelivered), oldest first."""
+    """Finished jobs whose picture has not landed yet (pending or undelivered) and that the bot
+    has not given up on, oldest first."""
     async with transaction(conn, write=False):
         rows = await fetch_all(
             conn,
             f"SELECT * FROM jobs WHERE delivery IN ({placeholders(OPEN_DELIVERIES)})"
-            " AND status = 'done' ORDER BY id",
+            " AND status = 'done' AND delivery_gave_up_at IS NULL ORDER BY id",
             OPEN_DELIVERIES,
         )
     return [job_from_row(row) for row in rows]
 
 
-async def files_in_use(conn: aiosqlite.Connection) -> set[str]:
+async def give_up_delivery(
+    conn: aiosqlite.Connection, job_id: int, *, now: float | None = None
+) -> Job | None:
+    """Stop retrying an undelivered picture: it stays 'undelivered' (its file is kept) with
+    ``delivery_gave_up_at`` set. None when it was not waiting for delivery."""
+    async with transaction(conn):
+        cursor = await conn.execute(
+            "UPDATE jobs SET delivery_gave_up_at = ? WHERE id = ? AND delivery = 'undelivered'",
+            (now_or(now), job_id),
+        )
+        job = await fetch_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job if cursor.rowcount else None
+
+
+async def set_image_verdict(conn: aiosqlite.Connection, job_id: int, verdict: str) -> Job | None:
+    """A picture the image check could not check ('unchecked') was checked after all: store the
+    verdict and make its delivery 'pending' again, so the final message is sent anew. None when
+    the job is not a finished, unchecked picture."""
+    if verdict not in IMAGE_VERDICTS:
+        raise ValueError(f"verdict must be one of {', '.join(IMAGE_VERDICTS)}, not {verdict!r}")
+    async with transaction(conn):
+        cursor = await conn.execute(
+            "UPDATE jobs SET image_verdict = ?, delivery = 'pending', delivery_attempts = 0,"
+            " delivery_gave_up_at = NULL"
+            " WHERE id = ? AND status = 'done' AND image_verdict = 'unchecked'",
+            (verdict, job_id),
+        )
+        job = await fetch_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job if cursor.rowcount else None
+
+
+async def unchecked_jobs(conn: aiosqlite.Connection, *, since: float) -> list[Job]:
+    """Finished pictures the image check could not check, finished after ``since`` and whose
+    file is still there, oldest first (checked again at start-up)."""
+    async with transaction(conn, write=False):
+        rows = await fetch_all(
+            conn,
+            "SELECT * FROM jobs WHERE status = 'done' AND image_verdict = 'unchecked'"
+            " AND expired_at IS NULL AND finished_at > ? ORDER BY id",
+            (since,),
+        )
+    return [job_from_row(row) for row in rows]
+
+
+async def files_in_use(conn: aiosqlite.Connection, *, unchecked_since: float = 0.0) -> set[str]:
     """Every file a job may still read or send: the inputs and outputs of queued and running
-    jobs and of pictures not yet delivered. The retention sweep never deletes these."""
+    jobs, of pictures not yet delivered, and of pictures finished after ``unchecked_since`` that
+    wait for the image check to be tried again. The retention sweep never deletes these."""
     async with transaction(conn, write=False):
         rows = await fetch_all(
             conn,
             "SELECT output_path, init_image, image_prompts FROM jobs"
             " WHERE status IN ('queued', 'running')"
-            f" OR delivery IN ({placeholders(OPEN_DELIVERIES)})",
-            OPEN_DELIVERIES,
+            f" OR delivery IN ({placeholders(OPEN_DELIVERIES)})"
+            " OR (image_verdict = 'unchecked' AND finished_at > ?)",
+            (*OPEN_DELIVERIES, unchecked_since),
         )
     paths: set[str] = set()
     for row in rows:

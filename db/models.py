@@ -154,6 +154,8 @@ class Job:
     delivery_attempts: int = 0
     image_verdict: str | None = None
     expired_at: float | None = None
+    # When the bot stopped trying to deliver the picture (migration 0004); it is kept.
+    delivery_gave_up_at: float | None = None
 
     @property
     def waiting(self) -> bool:

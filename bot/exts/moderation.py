@@ -612,5 +612,6 @@ async def setup(bot: "ImagineBot") -> None:
         bot.worker,
         # An operator setting when the bot's Settings offers one; the documented default else.
         threshold=bot.settings.image_check_threshold,
+        global_mode=bot.settings.image_check_global,
     )
     await bot.add_cog(ModerationCog(bot, embedder, policy, image_check))

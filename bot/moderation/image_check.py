@@ -11,11 +11,18 @@ concept the guild blocked. If any is at least ``threshold`` similar, the picture
 Either way a ``image_flagged`` entry goes to the moderators' log with the concept, the
 similarity and the prompt.
 
-**It fails closed.** When the check is on but cannot run (CLIP errors, the worker is gone), the
+The operator's global concepts (``python -m bot.operator block-concept``) are checked for every
+picture, direct messages included, in the operator's mode (``image_check_global``, withhold by
+default); their flags go to the operator's log (``db.GLOBAL_SCOPE``). The most cautious verdict
+of the guild's and the global check wins.
+
+**It fails closed.** When the check is on but cannot run (CLIP errors, the worker is gone or
+does not answer within ``time_limit``, CLIP gives NaN for a concept), the
 picture is not shown as if it had passed: in ``withhold`` mode it is withheld (verdict
 ``UNCHECKED``: the message says the check could not run), in ``spoiler`` mode it is posted as a
 spoiler. An ``image_check_failed`` entry goes to the moderators' log. If even the guild's mode
-cannot be read, the scheduler withholds the picture (``UNCHECKED``) for the same reason.
+cannot be read, the scheduler withholds the picture (``UNCHECKED``) for the same reason. An
+``UNCHECKED`` picture is checked again later (``bot.delivery``) and shown once the check passes.
 
 **The image threshold is not the prompt threshold.** Cosine similarity between a CLIP image
 embedding and a text embedding is on a much lower scale than between two text embeddings: a
@@ -28,6 +35,7 @@ a guess from CLIP's published behaviour, not measured here (no real weights coul
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Sequence
@@ -37,6 +45,7 @@ from typing import Protocol
 import aiosqlite
 
 import db
+from bot.thumbnails import shrink_for_clip
 from db import Job
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,9 @@ MODES = ("off", SPOILER, WITHHOLD)
 # above which the picture is flagged (see the module doc for why it is much lower than the
 # text-to-text threshold of prompts).
 DEFAULT_IMAGE_THRESHOLD = 0.27
+
+# Seconds one CLIP comparison may take (it waits for a step of the running job to end).
+DEFAULT_TIME_LIMIT = 60.0
 
 FLAGGED_ACTION = "image_flagged"
 FAILED_ACTION = "image_check_failed"
@@ -74,14 +86,25 @@ def flagged_concept(
     if not math.isfinite(threshold):
         raise ValueError(f"the image check threshold must be a number, not {threshold}")
     best: ImageFlag | None = None
+    unreadable: list[str] = []
     for concept, similarity in similarities:
-        if math.isnan(similarity):
+        if not math.isfinite(similarity):
+            unreadable.append(concept)
             continue
         if best is None or similarity > best.similarity:
             best = ImageFlag(concept, similarity)
-    if best is None or best.similarity < threshold:
-        return None
-    return best
+    if best is not None and best.similarity >= threshold:
+        return best
+    if unreadable:
+        # Not flagged, but not every concept could be compared: that is no pass (fail closed).
+        raise UnreadableSimilarity(
+            f"CLIP gave no usable similarity for {len(unreadable)} concept(s)"
+        )
+    return None
+
+
+class UnreadableSimilarity(ValueError):
+    """CLIP returned NaN or infinity for a concept that did not flag the picture."""
 
 
 def verdict(mode: str, flag: ImageFlag | None) -> str:
@@ -114,54 +137,88 @@ class ConceptImageCheck:
         scorer: ImageScorer,
         *,
         threshold: float = DEFAULT_IMAGE_THRESHOLD,
+        global_mode: str = WITHHOLD,
+        time_limit: float = DEFAULT_TIME_LIMIT,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(
                 f"the image check threshold is a cosine similarity between -1 and 1, not "
                 f"{threshold}"
             )
+        if global_mode not in MODES:
+            raise ValueError(f"unknown image check mode {global_mode!r}; use one of {MODES}")
+        if not time_limit > 0:
+            raise ValueError(f"the image check's time limit must be above 0, not {time_limit}")
         self._conn = conn
         self._scorer = scorer
         self.threshold = threshold
+        self.global_mode = global_mode
+        self.time_limit = time_limit
 
     async def similarities(self, png: bytes, concepts: Sequence[str]) -> list[tuple[str, float]]:
-        # One call per concept; each runs on the GPU thread between steps of the next job.
+        # One call per concept; each runs on the GPU thread between steps of the next job, and
+        # each has a time limit: a worker that never answers must not hold the picture back.
         return [
-            (concept, await self._scorer.clip_score(png, scoring_text(concept)))
+            (
+                concept,
+                await asyncio.wait_for(
+                    self._scorer.clip_score(png, scoring_text(concept)), self.time_limit
+                ),
+            )
             for concept in concepts
         ]
 
-    async def check_image(self, job: Job, png: bytes) -> str:
-        if job.guild_id is None:
-            return SHOW
-        settings = await db.get_guild_settings(self._conn, job.guild_id)
-        if settings.image_check_mode == "off":
-            return SHOW
-        concepts = [row.text for row in await db.list_blocked_concepts(self._conn, job.guild_id)]
-        if not concepts:
-            return SHOW
-        mode = settings.image_check_mode
-        try:
-            flag = flagged_concept(await self.similarities(png, concepts), self.threshold)
-        except Exception as error:
-            return await self._failed(job, mode, error)
-        result = verdict(mode, flag)
-        if flag is not None:
-            log.info("picture #%s flagged by the image check (%s)", job.id, result)
-            await db.add_modlog(
-                self._conn,
-                job.guild_id,
-                job.user_id,
-                FLAGGED_ACTION,
-                target=f"concept:{flag.concept}",
-                detail=(
-                    f"picture #{job.id} {'withheld' if result == WITHHOLD else 'spoilered'}, "
-                    f"similarity {flag.similarity:.3f}: {job.prompt}"
-                ),
-            )
-        return result
+    async def _scopes(self, job: Job) -> list[tuple[int, str, list[str]]]:
+        """(scope, mode, concept texts) to check: the guild's concepts in its mode, then the
+        operator's global ones (everywhere, direct messages too) in ``global_mode``."""
+        scopes: list[tuple[int, str]] = []
+        if job.guild_id is not None:
+            settings = await db.get_guild_settings(self._conn, job.guild_id)
+            scopes.append((job.guild_id, settings.image_check_mode))
+        scopes.append((db.GLOBAL_SCOPE, self.global_mode))
+        found = []
+        for scope, mode in scopes:
+            if mode == "off":
+                continue
+            concepts = [row.text for row in await db.list_blocked_concepts(self._conn, scope)]
+            if concepts:
+                found.append((scope, mode, concepts))
+        return found
 
-    async def _failed(self, job: Job, mode: str, error: Exception) -> str:
+    async def check_image(self, job: Job, png: bytes) -> str:
+        scopes = await self._scopes(job)
+        if not scopes:
+            return SHOW
+        # Decoded and made small off the painting thread (bot.thumbnails).
+        small = await asyncio.to_thread(shrink_for_clip, png)
+        results = []
+        for scope, mode, concepts in scopes:
+            try:
+                flag = flagged_concept(await self.similarities(small, concepts), self.threshold)
+            except Exception as error:
+                results.append(await self._failed(job, scope, mode, error))
+                continue
+            result = verdict(mode, flag)
+            if flag is not None:
+                await self._flagged(job, scope, flag, result)
+            results.append(result)
+        return strictest(results)
+
+    async def _flagged(self, job: Job, scope: int, flag: ImageFlag, result: str) -> None:
+        log.info("picture #%s flagged by the image check (%s)", job.id, result)
+        await db.add_modlog(
+            self._conn,
+            scope,
+            job.user_id,
+            FLAGGED_ACTION,
+            target=f"concept:{flag.concept}",
+            detail=(
+                f"picture #{job.id} {'withheld' if result == WITHHOLD else 'spoilered'}, "
+                f"similarity {flag.similarity:.3f}: {job.prompt}"
+            ),
+        )
+
+    async def _failed(self, job: Job, scope: int, mode: str, error: Exception) -> str:
         """The check is on and could not run: fail closed (see the module doc)."""
         result = SPOILER if mode == SPOILER else UNCHECKED
         log.error(
@@ -174,7 +231,7 @@ class ConceptImageCheck:
         try:
             await db.add_modlog(
                 self._conn,
-                job.guild_id,
+                scope,
                 job.user_id,
                 FAILED_ACTION,
                 target=None,
@@ -186,3 +243,13 @@ class ConceptImageCheck:
         except Exception:
             log.exception("could not log the failed image check of picture #%s", job.id)
         return result
+
+
+# From most to least cautious: a definite withhold needs no second look; a check that could not
+# run withholds too, and is tried again later (bot.delivery).
+_STRICTNESS = (WITHHOLD, UNCHECKED, SPOILER, SHOW)
+
+
+def strictest(results: Sequence[str]) -> str:
+    """The most cautious of several scopes' verdicts (SHOW when there are none)."""
+    return min(results, key=_STRICTNESS.index, default=SHOW)
