@@ -220,10 +220,10 @@ def test_custom_ids_round_trip() -> None:
         match = CUSTOM_ID.fullmatch(custom_id(12345, action))
         assert match is not None
         assert (int(match["job_id"]), match["action"]) == (12345, action)
-    assert CUSTOM_ID.fullmatch("job:12:delete") is None
+    assert CUSTOM_ID.fullmatch("job:12:explode") is None
     assert CUSTOM_ID.fullmatch("job:x:reroll") is None
     with pytest.raises(ValueError):
-        custom_id(1, "delete")
+        custom_id(1, "explode")
     assert len(custom_id(2**63 - 1, "variation")) <= 100  # Discord's custom_id limit
 
 
