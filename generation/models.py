@@ -164,14 +164,16 @@ def require_gpu_for_real_models(
 
 
 class _Load:
-    """One model's load in progress: which thread does it, since when, and an event set when
-    it ends (loaded or failed)."""
+    """One model's load in progress: which thread does it, since when, an event set when it
+    ends (loaded or failed), and one set when waiting for it is pointless (ended, or its
+    thread was abandoned as stuck) so that waiters wake at once instead of polling."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.thread = threading.current_thread()
         self.started = time.monotonic()
         self.ended = threading.Event()
+        self.settled = threading.Event()
 
 
 class ModelStore:
@@ -257,6 +259,8 @@ class ModelStore:
                 load = self._loading.get(key)
                 if load is None:
                     load = self._loading[key] = _Load(key)
+                    if load.thread in self._abandoned:  # nobody should wait for this one
+                        load.settled.set()
                     break
             self._wait_for(load)  # then look again: loaded, or failed and ours to retry
         try:
@@ -265,12 +269,14 @@ class ModelStore:
             with self._lock:
                 del self._loading[key]
             load.ended.set()
+            load.settled.set()
             raise
         with self._lock:
             del self._loading[key]
             self._cache[key] = value
             dropped = self._evict()
         load.ended.set()
+        load.settled.set()
         self._free(dropped)
         return value
 
@@ -291,25 +297,27 @@ class ModelStore:
         is abandoned as stuck, or at most ``load_wait`` seconds."""
         if load.thread is threading.current_thread():
             raise RuntimeError(f"loading {load.key!r} asked for {load.key!r} again")
-        deadline = time.monotonic() + self.load_wait
-        while not load.ended.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+        load.settled.wait(self.load_wait)
+        if not load.ended.is_set():
             with self._lock:
                 abandoned = load.thread in self._abandoned
-            if abandoned or time.monotonic() >= deadline:
-                waited = time.monotonic() - load.started
-                raise ModelLoadStuck(
-                    f"the model {load.key!r} has been loading for {waited:.0f} s in another "
-                    f"thread ({load.thread.name}) that "
-                    f"{'a stuck job left behind' if abandoned else 'has not finished'}; "
-                    f"this job could not use it. Try another generator; if this goes on, "
-                    f"restart the bot"
-                )
+            waited = time.monotonic() - load.started
+            raise ModelLoadStuck(
+                f"the model {load.key!r} has been loading for {waited:.0f} s in another "
+                f"thread ({load.thread.name}) that "
+                f"{'a stuck job left behind' if abandoned else 'has not finished'}; "
+                f"this job could not use it. Try another generator; if this goes on, "
+                f"restart the bot"
+            )
 
     def abandon_thread(self, thread: threading.Thread) -> None:
         """The worker gave ``thread`` up as stuck: its loads in progress will not end, so
         threads that wait for them give up at once."""
         with self._lock:
             self._abandoned = {t for t in self._abandoned if t.is_alive()} | {thread}
+            for load in self._loading.values():
+                if load.thread is thread:
+                    load.settled.set()
 
     def loads_in_progress(self) -> dict[str, float]:
         """Models being loaded now and for how many seconds (for /info and the log)."""
