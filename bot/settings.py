@@ -121,7 +121,7 @@ class Settings:
     attachment_origins: tuple[str, ...] = DISCORD_CDN_ORIGINS
     # Who paints: "local" (one GPU thread in this process) or "ray" (ray_workers actors, each
     # asking Ray for ray_gpus GPUs, 0 = CPU workers; ray_address: a cluster to join, None starts
-    # a local one). See README "Several GPUs (Ray)".
+    # a local one). See docs/scaling.md.
     workers: str = "local"
     ray_address: str | None = None
     ray_workers: int = 1

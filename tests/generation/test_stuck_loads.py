@@ -20,6 +20,7 @@ from generation.models import ModelsConfig, ModelStore
 from generation.request import GenerationRequest, GenerationResult
 from generation.worker import GpuWorker
 from generation.workers import JobTimedOut, WorkerFailed, WorkerLost
+from tests.generation.worker_helpers import FakeStore, HangingGenerator
 
 TIMEOUT = 10  # the most any awaited thing may take here; a hang fails the test instead
 HELD = 60  # how long a blocked loader waits for its Event at most (outlives every test)
@@ -248,40 +249,13 @@ async def test_a_job_hung_in_a_model_load_leaves_the_worker_working(release, cap
         await asyncio.wait_for(worker.close(), TIMEOUT)  # not waiting for the stuck thread
 
 
-class HangingGenerator:
-    """A job prompted "hang" blocks inside its step until released; others finish at once."""
-
-    def __init__(self, release: threading.Event) -> None:
-        self.release = release
-        self.hung = 0
-        self.entered = threading.Event()
-
-    def __call__(self, request: GenerationRequest, store: Any, control: Any) -> GenerationResult:
-        if request.prompt == "hang":
-            self.hung += 1
-            self.entered.set()
-            self.release.wait(HELD)
-        return LoadingGenerator(self.release)(job("x"), store, control)
-
-
-class StubStore:
-    device = "cpu"
-    is_tiny = True
-
-    def get_or_load(self, key: str, loader: Callable[[], Any]) -> Any:
-        return loader()
-
-    def describe(self) -> str:
-        return "stub-clip/random:1"
-
-
 async def test_past_the_limit_of_stuck_threads_the_worker_gives_up_and_says_so(
     release, caplog
 ) -> None:
-    generator = HangingGenerator(release)
+    generator = HangingGenerator(release, hold=HELD)
     worker = GpuWorker(
         "stub",
-        store_factory=lambda spec, device: StubStore(),
+        store_factory=lambda spec, device: FakeStore(),
         generate=generator,
         job_timeout=0.3,
         hang_grace=0.1,
@@ -318,10 +292,10 @@ async def test_past_the_limit_of_stuck_threads_the_worker_gives_up_and_says_so(
 
 
 async def test_an_abandoned_thread_that_ends_after_all_is_no_longer_counted(release) -> None:
-    generator = HangingGenerator(release)
+    generator = HangingGenerator(release, hold=HELD)
     worker = GpuWorker(
         "stub",
-        store_factory=lambda spec, device: StubStore(),
+        store_factory=lambda spec, device: FakeStore(),
         generate=generator,
         job_timeout=0.3,
         hang_grace=0.1,
@@ -341,17 +315,17 @@ async def test_an_abandoned_thread_that_ends_after_all_is_no_longer_counted(rele
 
 
 async def test_close_does_not_wait_forever_for_a_stuck_thread(release) -> None:
-    generator = HangingGenerator(release)
+    generator = HangingGenerator(release, hold=HELD)
     # No time limit: nothing abandons the thread before close() is called.
     worker = GpuWorker(
         "stub",
-        store_factory=lambda spec, device: StubStore(),
+        store_factory=lambda spec, device: FakeStore(),
         generate=generator,
         close_timeout=0.2,
     )
     await worker.start()
     worker.submit(job("hang"))
-    assert await asyncio.to_thread(generator.entered.wait, TIMEOUT)
+    assert await asyncio.to_thread(generator.hanging.wait, TIMEOUT)
     await asyncio.wait_for(worker.close(), TIMEOUT)
     assert not release.is_set()
 
@@ -359,10 +333,10 @@ async def test_close_does_not_wait_forever_for_a_stuck_thread(release) -> None:
 async def test_a_start_whose_load_hangs_fails_after_its_time_limit(release) -> None:
     started = threading.Event()
 
-    def hanging_store(spec: str | None, device: str | None) -> StubStore:
+    def hanging_store(spec: str | None, device: str | None) -> FakeStore:
         started.set()
         release.wait(HELD)
-        return StubStore()
+        return FakeStore()
 
     worker = GpuWorker("stub", store_factory=hanging_store, start_timeout=0.3)
     with pytest.raises(GenerationError, match="loading the models took longer than 0.3 s"):

@@ -10,56 +10,12 @@ import pytest
 from PIL import Image
 
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
-from generation.request import GenerationRequest, GenerationResult, Progress
+from generation.request import GenerationRequest
 from generation.worker import GpuWorker
 from generation.workers import JobTimedOut, ProgressFrame, WorkerBusy
+from tests.generation.worker_helpers import FakeStore, HangingGenerator, SteppingGenerator
 
 TIMEOUT = 10
-
-
-class FakeStore:
-    device = "cpu"
-    is_tiny = True
-
-    def describe(self) -> str:
-        return "fake-clip/random:1"
-
-
-class SteppingGenerator:
-    """Runs ``request.steps`` steps; each step may be held until the test releases it."""
-
-    def __init__(self, hold_at: int | None = None) -> None:
-        self.hold_at = hold_at
-        self.reached_hold = threading.Event()
-        self.release = threading.Event()
-        self.steps_run: list[int] = []
-        self.threads: set[str] = set()
-
-    def __call__(self, request, store, control):
-        self.threads.add(threading.current_thread().name)
-        if request.prompt == "explode":
-            raise KeyError("boom")
-        if request.prompt == "bad":
-            raise BadRequest("width 250 is not a multiple of 16")
-        image = Image.new("RGB", (request.width, request.height), (request.seed % 256, 0, 0))
-        for i in range(request.steps):
-            control.check(i)
-            self.steps_run.append(i)
-            if self.hold_at == i:
-                self.reached_hold.set()
-                assert self.release.wait(TIMEOUT)
-            step = i + 1
-            if control.wants_progress(step, request.steps, request.progress_every):
-                control.on_progress(Progress(step, request.steps, 1.0 / step, image, 0.01 * step))
-        return GenerationResult(
-            image=image,
-            request=request,
-            steps_done=request.steps,
-            elapsed=0.1,
-            loss=0.5,
-            clip_score=0.25,
-            metadata={"prompt": request.prompt, "seed": str(request.seed)},
-        )
 
 
 async def started_worker(generator) -> GpuWorker:
@@ -207,22 +163,6 @@ async def test_tiny_models_through_the_real_engine():
 
 
 # ---- per-job time limit (issue 11.9) ------------------------------------------------------------
-
-
-class HangingGenerator(SteppingGenerator):
-    """``prompt == "hang"``: blocks inside a step and ignores cancel (a download that never
-    ends), until the test lets it go."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hanging = threading.Event()
-        self.let_go = threading.Event()
-
-    def __call__(self, request, store, control):
-        if request.prompt == "hang":
-            self.hanging.set()
-            self.let_go.wait(TIMEOUT * 3)
-        return super().__call__(request, store, control)
 
 
 async def test_a_hung_job_fails_with_the_time_limit_and_the_next_job_runs():
