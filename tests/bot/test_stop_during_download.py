@@ -4,67 +4,34 @@ half-downloaded file where the weights belong."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.misbehaving_server import MisbehavingServer, serving
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 180.0  # a cold start imports torch before it asks for the weights
 STOP_TIMEOUT = 30.0  # far below the download's own 60 s read timeout
 
 
-class StalledDownload(http.server.ThreadingHTTPServer):
-    """Announces a 1 GB file, sends 1 MiB of it, then stalls until released."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _StallingHandler)
-        self.requested = threading.Event()
-        self.release = threading.Event()
-
-
-class _StallingHandler(http.server.BaseHTTPRequestHandler):
-    server: StalledDownload
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(10**9))
-        self.end_headers()
-        self.wfile.write(b"\0" * (1 << 20))
-        self.wfile.flush()
-        self.server.requested.set()
-        self.server.release.wait(STARTUP_TIMEOUT)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def stalled() -> Iterator[StalledDownload]:
-    server = StalledDownload()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
+def server() -> Iterator[MisbehavingServer]:
+    yield from serving()
 
 
 @pytest.mark.slow
 def test_sigterm_during_the_first_download_exits_cleanly(
-    stalled: StalledDownload, tmp_path: Path
+    server: MisbehavingServer, tmp_path: Path
 ) -> None:
-    port = stalled.server_address[1]
+    # 2 MiB announced in full, 1 MiB sent, then the body stalls until the test ends.
+    server.files["/open_clip_model.safetensors"] = b"\0" * (2 << 20)
+    server.plans["/open_clip_model.safetensors"] = ["hold"]
     cache = tmp_path / "cache"
     models = tmp_path / "models.toml"
     models.write_text(
@@ -72,7 +39,7 @@ def test_sigterm_during_the_first_download_exits_cleanly(
         "download = true\n"
         "[[clip]]\n"
         'model = "ViT-B-32"\n'
-        f'pretrained = "http://127.0.0.1:{port}/open_clip_model.safetensors"\n'
+        f'pretrained = "{server.url("/open_clip_model.safetensors")}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "IMAGINE_"))}
     env.update(
@@ -93,7 +60,7 @@ def test_sigterm_during_the_first_download_exits_cleanly(
         )
     try:
         waited = 0.0
-        while not stalled.requested.wait(0.5):  # the request, or the bot's early exit
+        while not server.held.wait(0.5):  # the request, or the bot's early exit
             waited += 0.5
             if process.poll() is not None or waited > STARTUP_TIMEOUT:
                 pytest.fail(f"the bot never asked for the weights:\n{log_path.read_text()}")
