@@ -86,10 +86,16 @@ from db.moderation import (
 from db.modlog import add_modlog, recent_modlog, record_refused_prompt
 from db.precheck import check_admissible
 from db.queue import fair_queue, queue_position, queued_jobs_for_user, running_jobs, take_next_job
+from db.retention import PruneResult, clear_dead_tokens, prune_jobs, prune_modlog, prune_rows
 from db.settings import UNSET, get_guild_settings, set_guild_settings
 
 __all__ = [
     "Admit",
+    "PruneResult",
+    "clear_dead_tokens",
+    "prune_jobs",
+    "prune_modlog",
+    "prune_rows",
     "JobAdmitter",
     "admit_jobs",
     "DELIVERY_STATES",

@@ -66,9 +66,16 @@ async def _set_delivery(conn: aiosqlite.Connection, job_id: int, assignments: st
 
 
 async def mark_delivered(conn: aiosqlite.Connection, job_id: int) -> Job | None:
-    """pending/undelivered -> delivered. None when it was not waiting for delivery."""
+    """pending/undelivered -> delivered. None when it was not waiting for delivery.
+
+    The interaction token is forgotten here: nothing edits the reply again (unless the
+    picture is still unchecked, when a later check sends it anew through the same reply)."""
     return await _set_delivery(
-        conn, job_id, "delivery = 'delivered', delivery_attempts = delivery_attempts + 1"
+        conn,
+        job_id,
+        "delivery = 'delivered', delivery_attempts = delivery_attempts + 1,"
+        " interaction_token = CASE WHEN image_verdict = 'unchecked' THEN interaction_token"
+        " END",
     )
 
 
