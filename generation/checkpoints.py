@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from generation.errors import CheckpointError
+from generation.pickle_standins import Skipped
 
 # What a state dict needs to be rebuilt, and nothing that can act on the outside world.
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -62,30 +63,6 @@ _MODULE_CLASSES = frozenset(
         ("torch.nn.modules.upsampling", "Upsample"),
     }
 )
-
-
-class Skipped:
-    """Stands in for any object the allow-list does not cover (Lightning callbacks, optimiser
-    states, numpy scalars, ...). Whatever the file asks for, it records nothing and does
-    nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Skipped:
-        return Skipped()
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, item: Any) -> None:
-        pass
-
-    def extend(self, items: Any) -> None:
-        pass
 
 
 class _SkippedClass(Skipped):

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from generation.errors import BadRequest, WeightsNotFound
 from generation.models_config import default_cache_dir
+from generation.pickle_standins import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ _STORAGE_BYTES = {
 }  # fmt: skip
 
 
-class _Named:
+class _Named(Skipped):
     """What the probe's unpickler makes of any global: its name, and nothing it can run."""
 
     def __init__(self, name: str = "") -> None:
@@ -202,18 +203,6 @@ class _Named:
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Named:
         return _Named()
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, item: Any) -> None:
-        pass
-
-    def extend(self, items: Any) -> None:
-        pass
 
 
 class _StorageLister(pickle.Unpickler):
