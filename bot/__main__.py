@@ -23,6 +23,7 @@ import discord
 
 import db
 from bot.health import Heartbeat
+from bot.instance_lock import EXIT_DB_IN_USE, DatabaseInUse, acquire_instance_lock
 from bot.settings import (
     Settings,
     SettingsError,
@@ -100,6 +101,20 @@ def make_workers(settings: Settings) -> Workers:
 
 
 async def run(settings: Settings) -> int:
+    """The bot's life: refused at once (EXIT_DB_IN_USE) when another bot holds the database,
+    which is checked before anything reads or writes it (or the health file)."""
+    try:
+        lock = acquire_instance_lock(settings.db_path)
+    except DatabaseInUse as error:
+        log.error("cannot start: %s", error)
+        return EXIT_DB_IN_USE
+    try:
+        return await run_locked(settings)
+    finally:
+        lock.release()
+
+
+async def run_locked(settings: Settings) -> int:
     # SIGTERM (docker stop) and Ctrl-C are ours from the first moment, before anything slow:
     # a stop while torch imports or the first model downloads must end the process cleanly,
     # not be ignored (as PID 1 in a container) or kill it in the middle of a write.
