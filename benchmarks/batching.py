@@ -8,7 +8,7 @@ against batch 1 measured in the same run.
 
 Models: open_clip ViT-B-32 as the CLIP, the f16 / 16384-code ImageNet VQGAN, and CLIP-GEN at
 GPT-2 medium's shape (24 x 1024) over the 16 x 16 token grid of that VQGAN at 256 px, as
-benchmarks/clipgen.py builds them.
+benchmarks/real_models.py builds them for every speed benchmark.
 
 - vqgan: B jobs (other prompts and seeds each) stepped together through generation.steps, the
   worker's batched step; seconds per step are the median of ``--steps`` measured steps after
@@ -33,9 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.real_models import clipgen_section, real_store  # noqa: E402
 from generation import engine  # noqa: E402
 from generation.generators import get_generator  # noqa: E402
-from generation.models import CONFIG_DIR, ModelsConfig, ModelStore  # noqa: E402
+from generation.models import ModelStore  # noqa: E402
 from generation.request import GenerationRequest, RunControl  # noqa: E402
 from generation.steps import StepBatch  # noqa: E402
 
@@ -53,32 +54,10 @@ DEFAULT_STEPS = GenerationRequest.__dataclass_fields__["steps"].default  # 250
 
 
 def make_store(args: argparse.Namespace) -> ModelStore:
-    config = ModelsConfig.from_dict(
-        {
-            "clip": [{"model": "ViT-B-32", "weight": 1.0}],
-            "generators": {
-                "vqgan": {
-                    "default": "f16_16384",
-                    "models": {
-                        "f16_16384": {
-                            "config": "vqgan_imagenet_f16_16384.yaml",
-                            "checkpoint": "random",
-                        }
-                    },
-                },
-                "clipgen": {
-                    "model": "random",
-                    "preset": "medium",
-                    "grid": args.size // 16,
-                    "candidates": args.candidates,
-                    "batch_size": args.candidates,
-                },
-            },
-        },
-        base_dir=CONFIG_DIR,
-        source="benchmark",
+    section = clipgen_section(
+        "medium", args.size, candidates=args.candidates, batch_size=args.candidates
     )
-    return ModelStore(config, args.device)
+    return real_store(args.device, clipgen=section)
 
 
 def sync(device: torch.device) -> None:

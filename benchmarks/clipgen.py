@@ -37,10 +37,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.real_models import clipgen_section, real_store  # noqa: E402
 from generation import clipgen_model as cg  # noqa: E402
 from generation.engine import generate  # noqa: E402
 from generation.generators import clipgen, vqgan  # noqa: E402
-from generation.models import CONFIG_DIR, ModelsConfig, ModelStore  # noqa: E402
+from generation.models import ModelStore  # noqa: E402
 from generation.perceptor import resize  # noqa: E402
 from generation.request import GenerationRequest, RunControl  # noqa: E402
 from generation.train import clipgen as training  # noqa: E402
@@ -50,35 +51,10 @@ DEFAULT_STEPS = GenerationRequest.__dataclass_fields__["steps"].default  # 250
 PARTS = ("train", "sample", "vqgan")
 
 
-def make_store(args: argparse.Namespace, **clipgen_section: Any) -> ModelStore:
+def make_store(args: argparse.Namespace, **clipgen_keys: Any) -> ModelStore:
     """ViT-B-32 + the f16 16384 VQGAN (random weights) + a random CLIP-GEN of the preset."""
-    config = ModelsConfig.from_dict(
-        {
-            "clip": [{"model": "ViT-B-32", "weight": 1.0}],
-            "generators": {
-                "vqgan": {
-                    "default": "f16_16384",
-                    "models": {
-                        "f16_16384": {
-                            "config": "vqgan_imagenet_f16_16384.yaml",
-                            "checkpoint": "random",
-                        }
-                    },
-                },
-                "clipgen": {
-                    "model": "random",
-                    "preset": args.preset,
-                    "grid": args.size // 16,
-                    "top_k": 500,
-                    "top_p": 0.95,
-                    **clipgen_section,
-                },
-            },
-        },
-        base_dir=CONFIG_DIR,
-        source="benchmark",
-    )
-    return ModelStore(config, args.device)
+    section = clipgen_section(args.preset, args.size, top_k=500, top_p=0.95, **clipgen_keys)
+    return real_store(args.device, clipgen=section)
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,10 +31,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.real_models import real_store  # noqa: E402
 from generation.engine import generate  # noqa: E402
 from generation.generators import generator_names, vqgan  # noqa: E402
 from generation.loop import clamp_with_grad  # noqa: E402
-from generation.models import CONFIG_DIR, ModelsConfig, ModelStore  # noqa: E402
+from generation.models import ModelStore  # noqa: E402
 from generation.request import GenerationRequest, RunControl  # noqa: E402
 
 PROMPT = "a lighthouse in a storm, oil painting"
@@ -89,25 +90,7 @@ def interleaved(
 
 def vqgan_store(device: torch.device) -> ModelStore:
     """ViT-B-32 (random weights) + the f16 16384 VQGAN architecture (random weights)."""
-    config = ModelsConfig.from_dict(
-        {
-            "clip": [{"model": "ViT-B-32", "weight": 1.0}],
-            "generators": {
-                "vqgan": {
-                    "default": "f16_16384",
-                    "models": {
-                        "f16_16384": {
-                            "config": "vqgan_imagenet_f16_16384.yaml",
-                            "checkpoint": "random",
-                        }
-                    },
-                }
-            },
-        },
-        base_dir=CONFIG_DIR,
-        source="benchmark",
-    )
-    return ModelStore(config, device)
+    return real_store(device)
 
 
 class NerdyrodentVQGANCLIP:
@@ -347,9 +330,7 @@ def measure_generator(
 def generators_store(device: torch.device) -> ModelStore:
     """ViT-B-32 + the f16 16384 VQGAN (as above) + the random real architectures of ours: a
     fresh store per generator, so each peak counts its own weights and no one else's."""
-    config = vqgan_store(device).config
-    sections = {**config.generators, **RANDOM_ARCHITECTURES}
-    return ModelStore(replace(config, generators=sections), device)
+    return real_store(device, **RANDOM_ARCHITECTURES)
 
 
 def print_generators_table(args: argparse.Namespace, device: torch.device) -> None:
