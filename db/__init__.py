@@ -4,7 +4,7 @@ Imports neither discord nor torch nor any other package of this project. Every f
 the connection from ``connect()`` and returns frozen dataclasses; see db/README.md.
 """
 
-from db.admissions import Admit, JobAdmitter, admit_jobs
+from db.admissions import Admit, JobAdmitter, admit_group, admit_jobs
 from db.connection import connect, transaction
 from db.delivery import (
     DELIVERY_STATES,
@@ -85,7 +85,16 @@ from db.moderation import (
 )
 from db.modlog import add_modlog, recent_modlog, record_refused_prompt
 from db.precheck import check_admissible
-from db.queue import fair_queue, queue_position, queued_jobs_for_user, running_jobs, take_next_job
+from db.queue import (
+    cancel_group,
+    fair_queue,
+    group_jobs,
+    queue_position,
+    queued_jobs_for_user,
+    running_jobs,
+    take_next_job,
+    take_next_jobs,
+)
 from db.retention import PruneResult, clear_dead_tokens, prune_jobs, prune_modlog, prune_rows
 from db.settings import UNSET, get_guild_settings, set_guild_settings
 
@@ -98,6 +107,7 @@ __all__ = [
     "prune_rows",
     "JobAdmitter",
     "admit_jobs",
+    "admit_group",
     "DELIVERY_STATES",
     "IMAGE_VERDICTS",
     "files_in_use",
@@ -150,6 +160,8 @@ __all__ = [
     "embedding_from_bytes",
     "embedding_to_bytes",
     "fair_queue",
+    "group_jobs",
+    "cancel_group",
     "generator_timings",
     "get_ban",
     "get_guild_settings",
@@ -182,6 +194,7 @@ __all__ = [
     "set_reply",
     "set_reply_message",
     "take_next_job",
+    "take_next_jobs",
     "transaction",
     "unban_user",
     "update_concept_embedding",

@@ -68,6 +68,9 @@ def job_from_row(row: aiosqlite.Row) -> Job:
         image_verdict=row["image_verdict"],
         expired_at=row["expired_at"],
         delivery_gave_up_at=row["delivery_gave_up_at"],
+        group_id=row["group_id"],
+        group_index=row["group_index"],
+        group_size=row["group_size"],
     )
 
 

@@ -157,6 +157,53 @@ async def _admit_one(
     return job_from_row(rows[0])
 
 
+async def admit_group(
+    conn: aiosqlite.Connection,
+    specs: Sequence[JobSpec],
+    *,
+    enforce_limits: bool = True,
+    default_limits: Limits = DEFAULT_LIMITS,
+    global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+    now: float | None = None,
+) -> list[Job]:
+    """Admit several pictures of one request (``/imagine count:N``) together or not at all, in
+    ONE ``BEGIN IMMEDIATE`` transaction: each picture counts against the limits (a refusal says
+    how many would fit now), each gets its own row, and the rows share ``group_id`` (the first
+    row's id) with ``group_index`` 0..N-1. Raises ``UserBanned``, ``LimitExceeded`` or
+    ``ValueError`` (then nothing was stored)."""
+    if not specs:
+        raise ValueError("a job group needs at least one picture")
+    first = specs[0]
+    if any((s.user_id, s.guild_id) != (first.user_id, first.guild_id) for s in specs):
+        raise ValueError("the pictures of one group must be asked for by one user in one place")
+    at = now_or(now)
+    for spec in specs:
+        spec.check()
+    async with transaction(conn):
+        ban = await fetch_ban(conn, first.guild_id, first.user_id)
+        if ban is not None:
+            raise UserBanned(first.guild_id, first.user_id, ban.reason)
+        if enforce_limits:
+            limits = (await fetch_settings(conn, first.guild_id, default_limits)).limits
+            await check_limits(
+                conn, first.user_id, first.guild_id, limits, global_queue_cap, at, len(specs)
+            )
+        ids: list[int] = []
+        for spec in specs:
+            await conn.execute(_COUNT_USER, (spec.user_id, at, at))
+            rows = await fetch_all(conn, _INSERT, (*_spec_values(spec), "queued", at))
+            ids.append(int(rows[0]["id"]))
+        for index, job_id in enumerate(ids):
+            await conn.execute(
+                "UPDATE jobs SET group_id = ?, group_index = ?, group_size = ? WHERE id = ?",
+                (ids[0], index, len(ids), job_id),
+            )
+        rows = await fetch_all(
+            conn, f"SELECT * FROM jobs WHERE id IN ({placeholders(ids)}) ORDER BY id", ids
+        )
+    return [job_from_row(row) for row in rows]
+
+
 @dataclass
 class _Waiting:
     admit: Admit

@@ -31,8 +31,25 @@ def describe_wait(seconds: float) -> str:
     return f"in {count} {unit}{'s' if count != 1 else ''}"
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def _group_refusal(count: int, room: int, why: str) -> str:
+    """The refusal of ``count`` pictures asked for at once when only ``room`` fit now."""
+    return (
+        f"You asked for {_plural(count, 'picture')} at once, but {why}, so you can ask for "
+        f"{_plural(room, 'picture')} now (count:{room})."
+    )
+
+
 async def _check_hourly(
-    conn: aiosqlite.Connection, user_id: int, guild_id: int | None, limit: int, now: float
+    conn: aiosqlite.Connection,
+    user_id: int,
+    guild_id: int | None,
+    limit: int,
+    now: float,
+    count: int = 1,
 ) -> None:
     rows = await fetch_all(
         conn,
@@ -40,8 +57,18 @@ async def _check_hourly(
         " AND status != 'failed' ORDER BY created_at",
         (user_id, guild_id, now - HOUR),
     )
-    if len(rows) < limit:
+    if len(rows) + count <= limit:
         return
+    room = limit - len(rows)
+    if count > 1 and room > 0:
+        raise LimitExceeded(
+            "jobs_per_hour",
+            limit,
+            None,
+            _group_refusal(
+                count, room, f"this server allows {limit} per hour and you have used {len(rows)}"
+            ),
+        )
     if limit == 0:
         raise LimitExceeded(
             "jobs_per_hour",
@@ -70,11 +97,13 @@ async def check_limits(
     limits: Limits,
     global_queue_cap: int,
     now: float,
+    count: int = 1,
 ) -> None:
     """Raise ``LimitExceeded`` for the first limit a new job would break. Call it inside a
     ``BEGIN IMMEDIATE`` transaction that then inserts the job, so no other writer can slip a
-    job in between the count and the insert."""
-    await _check_hourly(conn, user_id, guild_id, limits.jobs_per_hour, now)
+    job in between the count and the insert. ``count``: pictures asked for together (each
+    one counts); a refusal of several says how many would fit now."""
+    await _check_hourly(conn, user_id, guild_id, limits.jobs_per_hour, now, count)
 
     # One statement for the three waiting counts: one hop to aiosqlite's thread, not three.
     counts = await fetch_one(
@@ -88,6 +117,20 @@ async def check_limits(
     user_waiting = int(counts["user_waiting"])
     guild_waiting = int(counts["guild_waiting"])
     total_waiting = int(counts["total_waiting"])
+    extra = count - 1  # the pictures beyond the first of a group
+    room = limits.waiting_per_user - user_waiting
+    if count > 1 and 0 < room < count:
+        raise LimitExceeded(
+            "waiting_per_user",
+            limits.waiting_per_user,
+            None,
+            _group_refusal(
+                count,
+                room,
+                f"this server allows {limits.waiting_per_user} waiting at a time and you have "
+                f"{user_waiting}",
+            ),
+        )
     if user_waiting >= limits.waiting_per_user:
         limit = limits.waiting_per_user
         raise LimitExceeded(
@@ -99,7 +142,7 @@ async def check_limits(
             "finishes (see /queue), or cancel one.",
         )
 
-    if guild_waiting >= limits.waiting_per_guild:
+    if guild_waiting + extra >= limits.waiting_per_guild:
         raise LimitExceeded(
             "waiting_per_guild",
             limits.waiting_per_guild,
@@ -108,7 +151,7 @@ async def check_limits(
             f"{limits.waiting_per_guild}. Try again in a few minutes, when some have finished.",
         )
 
-    if total_waiting >= global_queue_cap:
+    if total_waiting + extra >= global_queue_cap:
         raise LimitExceeded(
             "global_queue_cap",
             global_queue_cap,

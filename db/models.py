@@ -156,6 +156,16 @@ class Job:
     expired_at: float | None = None
     # When the bot stopped trying to deliver the picture (migration 0004); it is kept.
     delivery_gave_up_at: float | None = None
+    # /imagine count:N (migration 0006): the rows of one request share group_id (its first
+    # row's id) and are numbered group_index 0..group_size-1; None for a single picture.
+    group_id: int | None = None
+    group_index: int | None = None
+    group_size: int = 1
+
+    @property
+    def in_group(self) -> bool:
+        """One of several pictures asked for together (delivered in one reply)."""
+        return self.group_id is not None
 
     @property
     def waiting(self) -> bool:

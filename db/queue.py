@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import aiosqlite
 
-from db._rows import fetch_all, fetch_job, fetch_one, job_from_row, now_or
+from db._rows import (
+    fetch_all,
+    fetch_job,
+    fetch_jobs,
+    fetch_one,
+    job_from_row,
+    now_or,
+    placeholders,
+)
 from db.connection import transaction
 from db.models import Job, QueueEntry
 
@@ -62,6 +70,92 @@ async def take_next_job(conn: aiosqlite.Connection, *, now: float | None = None)
             (job_id,),
         )
         return await fetch_job(conn, job_id)
+
+
+async def take_next_jobs(conn: aiosqlite.Connection, *, now: float | None = None) -> list[Job]:
+    """Like ``take_next_job``, but a job of a group (``/imagine count:N``) comes with every
+    queued picture of its group, all marked 'running' at once so they paint in one batch.
+    [] when nothing is queued.
+
+    Fairness: a group of N taken at once counts as N turns of its user. The turns beyond the
+    first are kept in ``users.skip_turns`` and spent when that user's next new job would be
+    taken: the user then goes to the back of the round-robin instead, as if served, until the
+    turns are spent. A user alone in the queue spends them at once (no job waits for nothing).
+    Jobs resumed after a restart (taken before) never spend or earn turns: they were charged
+    when first taken."""
+    at = now_or(now)
+    async with transaction(conn):
+        while True:
+            row = await fetch_one(
+                conn,
+                f"SELECT q.id, j.user_id, j.attempts, j.group_id, u.skip_turns"
+                f" FROM ({_FAIR_ORDER}) AS q JOIN jobs AS j ON j.id = q.id"
+                f" LEFT JOIN users AS u ON u.id = j.user_id ORDER BY q.position LIMIT 1",
+            )
+            if row is None:
+                # An empty queue starts a fresh round: turns owed from long ago are forgiven.
+                await conn.execute("UPDATE users SET skip_turns = 0 WHERE skip_turns > 0")
+                return []
+            if row["attempts"] == 0 and (row["skip_turns"] or 0) > 0:
+                # Spend one turn: served now without a job, the next user goes first.
+                await conn.execute(
+                    "UPDATE users SET skip_turns = skip_turns - 1, last_served_seq ="
+                    " (SELECT COALESCE(MAX(last_served_seq), 0) + 1 FROM users) WHERE id = ?",
+                    (row["user_id"],),
+                )
+                continue
+            break
+        if row["group_id"] is None:
+            ids = [row["id"]]
+        else:
+            members = await fetch_all(
+                conn,
+                "SELECT id FROM jobs WHERE group_id = ? AND status = 'queued' ORDER BY group_index",
+                (row["group_id"],),
+            )
+            ids = [member["id"] for member in members]
+        await conn.execute(
+            f"UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1,"
+            f" last_step = 0, progress_at = NULL WHERE id IN ({placeholders(ids)})",
+            (at, *ids),
+        )
+        await conn.execute(
+            "UPDATE users SET last_served_seq ="
+            " (SELECT COALESCE(MAX(last_served_seq), 0) + 1 FROM users),"
+            " skip_turns = skip_turns + ? WHERE id = ?",
+            (len(ids) - 1 if row["attempts"] == 0 else 0, row["user_id"]),
+        )
+        return await fetch_jobs(conn, ids)
+
+
+async def group_jobs(conn: aiosqlite.Connection, group_id: int) -> list[Job]:
+    """Every picture of a group, by its index."""
+    async with transaction(conn, write=False):
+        rows = await fetch_all(
+            conn, "SELECT * FROM jobs WHERE group_id = ? ORDER BY group_index", (group_id,)
+        )
+    return [job_from_row(row) for row in rows]
+
+
+async def cancel_group(
+    conn: aiosqlite.Connection, group_id: int, *, by: int | None = None, now: float | None = None
+) -> list[Job]:
+    """Cancel every queued or running picture of a group (one Cancel button for all); returns
+    those it cancelled (``started_at`` set: running, the worker must be told)."""
+    async with transaction(conn):
+        rows = await fetch_all(
+            conn,
+            "SELECT id FROM jobs WHERE group_id = ? AND status IN ('queued', 'running')",
+            (group_id,),
+        )
+        ids = [r["id"] for r in rows]
+        if ids:
+            await conn.execute(
+                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, cancelled_by = ?"
+                f" WHERE id IN ({placeholders(ids)})",
+                (now_or(now), by, *ids),
+            )
+        return await fetch_jobs(conn, ids)
 
 
 async def queue_position(conn: aiosqlite.Connection, job_id: int) -> int | None:
