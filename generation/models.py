@@ -394,7 +394,7 @@ class ModelStore:
 
     def describe(self) -> str:
         """The perceptor models, for PNG metadata: "ViT-B-32/laion2b_s34b_b79k:1"."""
-        return ", ".join(f"{s.describe()}:{s.weight:g}" for s in self.config.clip)
+        return ", ".join(f"{s.public_name()}:{s.weight:g}" for s in self.config.clip)
 
     @contextlib.contextmanager
     def seeded_init(self, seed: int) -> Iterator[None]:

@@ -74,6 +74,16 @@ class ClipSpec:
             return f"{self.local_dir.name}/local-dir"
         return f"{self.model}/{self.pretrained or 'random'}"
 
+    def public_name(self) -> str:
+        """``describe()`` with a local weight file named by its file name only: what PNG
+        metadata and the bot show (a local path says nothing to users and tells them about the
+        operator's machine)."""
+        pretrained = self.pretrained
+        if self.local_dir is None and pretrained is not None and not is_remote(pretrained):
+            if _looks_like_path(pretrained):
+                return f"{self.model}/{Path(pretrained).name}"
+        return self.describe()
+
 
 @dataclass(frozen=True)
 class CudaSettings:

@@ -154,5 +154,6 @@ def test_the_cli_paints_with_the_published_clip(published, form, tmp_path) -> No
     folder, _ = published
     meta = paint_from_cli(_models_toml(folder, form), "pixels", tmp_path / "out.png")
     assert meta["generator"] == "pixels" and meta["size"] == "32x32"
-    described = "clip-safetensors/local-dir:1" if form.startswith("local-dir") else NAME
-    assert meta["models"].startswith(described)
+    # Named by folder or file name: the operator's paths stay off the picture.
+    local = form.startswith("local-dir")
+    assert meta["models"] == ("clip-safetensors/local-dir:1" if local else f"{NAME}/tiny-clip.pt:1")
