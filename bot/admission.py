@@ -171,6 +171,18 @@ class BotLimits:
     max_steps: int | None = None
     sizes: tuple[tuple[int, int], ...] = ()
     max_prompt_chars: int = 1000
+    # /imagine count: pictures of one prompt asked for at once.
+    max_count: int = 4
+
+    def check_count(self, count: int) -> None:
+        """Raise Refused unless 1 <= count <= max_count."""
+        if not 1 <= count <= self.max_count:
+            raise Refused(
+                Refusal(
+                    f"count must be from 1 to {self.max_count} pictures on this bot, not "
+                    f"{count}. Ask for fewer pictures."
+                )
+            )
 
     def check(self, spec: JobSpec) -> None:
         """Raise Refused with a message that says what to ask for instead."""
@@ -266,6 +278,20 @@ class Admission:
         self.check_parameters(spec)
         await self.check_standing(spec)
         await self.check_policy(spec)
+
+    async def admit_group(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """Several pictures of one prompt (``/imagine count:N``): checked like one job (the
+        count too), each counted against the user's limits, all saved or none."""
+        self.limits.check_count(len(specs))
+        for spec in specs:
+            self.check_parameters(spec)
+        await self.check_policy(specs[0])
+        try:
+            return await db.admit_group(self._conn, specs, global_queue_cap=self._global_queue_cap)
+        except db.AdmissionRefused as error:
+            raise Refused(Refusal(error.message)) from None
+        except ValueError as error:
+            raise Refused(Refusal(_sentence(str(error)))) from None
 
     async def admit(self, spec: JobSpec) -> Job:
         """Steps 1-3; the returned job is saved as ``queued``."""

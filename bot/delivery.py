@@ -29,6 +29,7 @@ import aiosqlite
 
 import db
 from bot import render
+from bot.groups import GroupReplies
 from bot.progress import ReplyManager
 from bot.render import Rendered
 from db import Job
@@ -141,6 +142,9 @@ class Delivery:
         # id when the bot gives up on delivering a picture.
         self.on_attempt: list[Callable[[int, bool], None]] = []
         self.on_gave_up: list[Callable[[int], None]] = []
+        # The one reply of several pictures asked for together (/imagine count:N).
+        self.groups = GroupReplies(conn, replies)
+        self.groups.on_unchecked = self.recheck_later
 
     async def deliver(self, job: Job, rendered: Rendered) -> bool:
         """Send the final edit of a job that is 'done' with delivery 'pending'; True if it
@@ -292,6 +296,9 @@ class Delivery:
         job = await db.get_job(self._conn, job_id)
         if job is None or job.status != "done" or job.delivery not in ("pending", "undelivered"):
             return True
+        if job.in_group:
+            # The group's one message, once all its pictures have ended (records them all).
+            return await self.groups.settle(job, redelivery=True)
         verdict = job.image_verdict or SHOW
         finished = None
         if verdict in (SHOW, SPOILER) and job.output_path:

@@ -20,7 +20,7 @@ import aiosqlite
 import discord
 
 import db
-from bot import render
+from bot import grouprender, render
 from bot.admission import Admission, Refused
 from bot.coalesce import NextRead
 from bot.modals import EditPromptModal
@@ -166,7 +166,12 @@ class JobService:
         return position * timing.mean_seconds
 
     async def submit(
-        self, interaction: discord.Interaction[Any], spec: JobSpec, *, deferred: bool = False
+        self,
+        interaction: discord.Interaction[Any],
+        spec: JobSpec,
+        *,
+        deferred: bool = False,
+        count: int = 1,
     ) -> Job | None:
         """Admit ``spec`` and answer the interaction with the job's place in the queue.
 
@@ -179,7 +184,9 @@ class JobService:
         self._admitting += 1
         self._quiet.clear()
         try:
-            answered = await self._admit_and_answer(interaction, spec, deferred=deferred)
+            answered = await self._admit_and_answer(
+                interaction, spec, deferred=deferred, count=count
+            )
         finally:
             self._admitting -= 1
             if self._admitting == 0:
@@ -212,13 +219,24 @@ class JobService:
         return job
 
     async def _admit_and_answer(
-        self, interaction: discord.Interaction[Any], spec: JobSpec, *, deferred: bool
+        self,
+        interaction: discord.Interaction[Any],
+        spec: JobSpec,
+        *,
+        deferred: bool,
+        count: int = 1,
     ) -> tuple[Job, int | None, float] | None:
-        """Admit the job and send the answer; (job, followup message id, token expiry)."""
+        """Admit the job and send the answer; (job, followup message id, token expiry).
+        ``count`` > 1: that many pictures with consecutive seeds (a group, one reply); the job
+        returned is the group's first, whose row holds the reply's details."""
         received = time.monotonic()
         self.positions.inserting()
         try:
-            job = await self.admission.admit(spec)
+            if count == 1:
+                job = await self.admission.admit(spec)
+            else:
+                specs = [spec.replace(seed=spec.seed + i) for i in range(count)]
+                job = (await self.admission.admit_group(specs))[0]
         except Refused as refused:
             self.positions.inserted()
             await self.refuse(interaction, refused.message, deferred=deferred)
@@ -237,7 +255,8 @@ class JobService:
                 self.queue_watcher.shown(job.id, position)
                 self.queue_watcher.poke()  # a new user's job may go ahead of others
             eta = await self.eta(position, job.generator)
-            kwargs = edit_kwargs(render.queued(job, position, eta))
+            queued = grouprender.queued if job.in_group else render.queued
+            kwargs = edit_kwargs(queued(job, position, eta))
             kwargs.pop("attachments")
             if deferred:
                 # End the ephemeral "thinking" first: while it is loading, Discord would turn the
@@ -425,6 +444,21 @@ class JobService:
         if not await self._may_manage(interaction, job):
             await self.refuse(interaction, NOT_YOURS)
             return
+        if job.in_group:
+            assert job.group_id is not None
+            # One Cancel for the whole group: every picture still waiting or painting.
+            rows = await db.cancel_group(self._conn, job.group_id, by=interaction.user.id)
+            if not rows:
+                await self.refuse(interaction, "These pictures had already finished.")
+                return
+            try:
+                await interaction.response.defer()
+            except discord.HTTPException as error:
+                log.warning("could not answer the cancel of group %s: %s", job.group_id, error)
+            await self.cancelled_elsewhere(rows, by=interaction.user.id)
+            if self.queue_watcher is not None:
+                self.queue_watcher.poke()
+            return
         if job.finished:
             await self.refuse(interaction, f"This picture is already {job.status}.")
             return
@@ -444,8 +478,12 @@ class JobService:
     async def cancelled_elsewhere(self, jobs: list[Job], *, by: int | None) -> None:
         """Jobs cancelled in the database (a Cancel button, /ban, /purge): stop the running
         one and show "cancelled" on the others' messages."""
+        groups = self.scheduler.delivery.groups
         finals = [
-            self.replies.finish(job, render.cancelled(job, by))
+            # A picture of a group ends in the group's one message.
+            groups.settle(job)
+            if job.in_group
+            else self.replies.finish(job, render.cancelled(job, by))
             for job in jobs
             # A running job stops within a step; the scheduler then edits its message.
             if not self.scheduler.abort(job.id)

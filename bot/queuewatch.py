@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import aiosqlite
 
 import db
-from bot import render
+from bot import grouprender, render
 from bot.progress import ReplyManager
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,11 @@ class QueueWatcher:
             job, position = entry.job, entry.position
             if position is None or self._shown.get(job.id) == position:
                 continue
+            if job.in_group and job.id != job.group_id:
+                continue  # a group's one message is its first picture's (bot.groups)
             eta = await self._eta(position, job.generator)
-            if self._replies.update_position(job, render.queued(job, position, eta)):
+            queued = grouprender.queued if job.in_group else render.queued
+            if self._replies.update_position(job, queued(job, position, eta)):
                 self._shown[job.id] = position
                 changed += 1
         self.edits += changed

@@ -7,6 +7,7 @@ Nothing here talks to Discord or the database; every function takes plain values
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,7 @@ CONTENT_LIMIT = 2000
 BUTTONS_NONE = "none"
 BUTTONS_CANCEL = "cancel"  # queued or running: Cancel
 BUTTONS_DONE = "done"  # finished: Re-roll, Variation
+BUTTONS_GROUP = "group"  # several pictures finished: Re-roll N / Variation N for each
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,15 @@ class EmbedSpec:
     image: str | None = None  # filename of an attached file shown as the embed's image
     color: int = COLOR_QUEUED
     footer: str | None = None
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A further picture attached to a message (after ``Rendered.png``)."""
+
+    filename: str
+    png: bytes = field(repr=False)
+    spoiler: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,10 @@ class Rendered:
     job_id: int | None = None
     # The job waits in the queue (not painting yet): queue-position edits may replace this.
     waiting: bool = False
+    # /imagine count:N: the pictures attached after ``png`` (a grid), and for BUTTONS_GROUP
+    # the (number shown on the buttons, job id) of each picture that has buttons.
+    files: tuple[FileSpec, ...] = ()
+    members: tuple[tuple[int, int], ...] = ()
 
 
 class FrameLike(Protocol):
@@ -105,6 +120,10 @@ def shorten(text: str, limit: int) -> str:
 def safe_prompt(prompt: str, limit: int = DESCRIPTION_LIMIT) -> str:
     """The prompt as shown in a message: markdown and mentions defused, length capped."""
     return shorten(escape_mentions(escape_markdown(prompt.strip())), limit)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
 
 
 def ordinal_place(position: int | None) -> str:
@@ -320,15 +339,7 @@ def channel_fallback(rendered: Rendered, user_id: int) -> Rendered:
     if rendered.content.startswith(mention):
         return rendered
     content = shorten(f"{mention} {rendered.content}", CONTENT_LIMIT)
-    return Rendered(
-        content=content,
-        embed=rendered.embed,
-        png=rendered.png,
-        filename=rendered.filename,
-        spoiler=rendered.spoiler,
-        buttons=rendered.buttons,
-        job_id=rendered.job_id,
-    )
+    return dataclasses.replace(rendered, content=content)
 
 
 def imagine_command(job: Job) -> str:

@@ -61,15 +61,28 @@ def to_file(rendered: Rendered) -> discord.File | None:
     )
 
 
+def to_files(rendered: Rendered) -> list[discord.File]:
+    """Every picture of the message: ``png`` first (the one the embed shows), then ``files``."""
+    first = to_file(rendered)
+    extra = [
+        discord.File(io.BytesIO(item.png), filename=item.filename, spoiler=item.spoiler)
+        for item in rendered.files
+    ]
+    return ([first] if first is not None else []) + extra
+
+
+def _view(rendered: Rendered) -> discord.ui.View | None:
+    return job_view(rendered.job_id, rendered.buttons, rendered.members)
+
+
 def edit_kwargs(rendered: Rendered) -> dict[str, Any]:
     """Keyword arguments for an edit: every part is set, so nothing of an earlier state (an old
     preview, a Cancel button) survives."""
-    file = to_file(rendered)
     return {
         "content": rendered.content,
         "embed": to_embed(rendered.embed),
-        "attachments": [file] if file is not None else [],
-        "view": job_view(rendered.job_id, rendered.buttons),
+        "attachments": to_files(rendered),
+        "view": _view(rendered),
     }
 
 
@@ -79,10 +92,10 @@ def send_kwargs(rendered: Rendered, mention: int | None) -> dict[str, Any]:
     embed = to_embed(rendered.embed)
     if embed is not None:
         kwargs["embed"] = embed
-    file = to_file(rendered)
-    if file is not None:
-        kwargs["file"] = file
-    view = job_view(rendered.job_id, rendered.buttons)
+    files = to_files(rendered)
+    if files:
+        kwargs["files"] = files
+    view = _view(rendered)
     if view is not None:
         kwargs["view"] = view
     kwargs["allowed_mentions"] = discord.AllowedMentions(

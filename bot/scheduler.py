@@ -37,7 +37,14 @@ from bot.delivery import UNCHECKED, Delivery, render_result
 from bot.progress import ReplyManager
 from db import Job
 from generation.errors import GenerationCancelled, GenerationError
-from generation.workers import FinishedImage, ProgressFrame, WorkerLost, Workers
+from generation.workers import (
+    FinishedImage,
+    GroupMember,
+    Handle,
+    ProgressFrame,
+    WorkerLost,
+    Workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,8 @@ class Scheduler:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
-        self._runs: set[asyncio.Task[None]] = set()  # one per job taken, until it has ended
+        self._runs: set[asyncio.Task[None]] = set()  # one per job (or group) taken, until it ends
+        self._run_sizes: dict[asyncio.Task[None], int] = {}  # pictures each run paints
         self._current: dict[int, object] = {}  # job id -> its Handle, while it runs
         self._aborted: OrderedDict[int, None] = OrderedDict()
         self._resumed: OrderedDict[int, None] = OrderedDict()  # requeued after a lost worker
@@ -143,8 +151,11 @@ class Scheduler:
     async def start(self) -> list[Job]:
         """Put interrupted jobs back on the queue, tell their users, start the loop."""
         jobs = await db.requeue_interrupted(self._conn, max_attempts=self._max_attempts)
+        groups_told: set[int] = set()
         for job in jobs:
-            if job.status == "queued":
+            if job.in_group:
+                self._restarted_in_group(job, groups_told)
+            elif job.status == "queued":
                 position = await db.queue_position(self._conn, job.id)
                 self._replies.update(job, render.restarted(job, position))
             elif job.status == "failed":
@@ -154,6 +165,25 @@ class Scheduler:
             log.info("start-up: %d interrupted job(s) back on the queue", len(jobs))
         self._task = asyncio.create_task(self._loop(), name="scheduler")
         return jobs
+
+    def _restarted_in_group(self, job: Job, told: set[int]) -> None:
+        """A picture of a group after a restart: the group's message says the pictures wait
+        again (once per group); a picture that failed for good is settled with its group."""
+        assert job.group_id is not None
+        groups = self.delivery.groups
+        if job.status == "failed":
+            self._spawn(groups.settle(job))
+        elif job.status == "queued" and job.group_id not in told:
+            told.add(job.group_id)
+            self._spawn(self._tell_group_waiting(job, "The bot restarted"))
+
+    async def _tell_group_waiting(self, job: Job, why: str) -> None:
+        assert job.group_id is not None
+        leader = await db.get_job(self._conn, job.group_id)
+        if leader is None:
+            return
+        position = await db.queue_position(self._conn, job.id)
+        self.delivery.groups.waiting_again(leader, position, why)
 
     def wake(self) -> None:
         self._wake.set()
@@ -212,26 +242,34 @@ class Scheduler:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            if len(self._runs) >= max(1, self._worker.capacity):
+            # Every picture of a group counts as running (a group is submitted whole as soon as
+            # one slot is free; the worker holds the pictures beyond its room, in order).
+            if sum(self._run_sizes.values()) >= max(1, self._worker.capacity):
                 await self._wake.wait()  # a job ended (its task sets the event)
                 continue
             try:
-                job = await db.take_next_job(self._conn)
+                jobs = await db.take_next_jobs(self._conn)
             except Exception:
                 log.exception("could not take the next job; trying again shortly")
-                job = None
-            if job is None:
+                jobs = []
+            if not jobs:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.POLL_SECONDS)
                 except TimeoutError:
                     pass
                 continue
-            run = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            first = jobs[0]
+            if first.in_group:
+                run = asyncio.create_task(self._run_group(jobs), name=f"group-{first.group_id}")
+            else:
+                run = asyncio.create_task(self._run(first), name=f"job-{first.id}")
             self._runs.add(run)
+            self._run_sizes[run] = len(jobs)
             run.add_done_callback(self._run_ended)
 
     def _run_ended(self, run: asyncio.Task[None]) -> None:
         self._runs.discard(run)
+        self._run_sizes.pop(run, None)
         if not run.cancelled() and run.exception() is not None:
             log.error("running a job failed", exc_info=run.exception())
         self._wake.set()
@@ -261,6 +299,61 @@ class Scheduler:
 
         self._replies.update(job, _noted(render.running(job), note))
         handle = self._worker.submit(request, on_progress, job_id=job.id)
+        await self._await_job(job, handle, state)
+
+    async def _run_group(self, jobs: list[Job]) -> None:
+        """Pictures of one group (/imagine count:N): submitted together so they paint in one
+        batch; each ends on its own (a failed or cancelled one alone), and the group's message
+        shows them all (``bot.groups``)."""
+        if self._stopping:
+            return  # left 'running': requeued at the next start
+        groups = self.delivery.groups
+        ready: list[Job] = []
+        for job in jobs:
+            if job.id in self._aborted:
+                del self._aborted[job.id]
+                self._spawn(self._finish_cancelled(job))
+            else:
+                ready.append(job)
+        if not ready:
+            return
+        states = {job.id: _Running(job) for job in ready}
+        for job in ready:
+            self._resumed.pop(job.id, None)
+
+        def progress_of(job: Job) -> Callable[[ProgressFrame], None]:
+            state = states[job.id]
+
+            def on_progress(frame: ProgressFrame) -> None:
+                if state.done:
+                    return
+                groups.frame(job, frame)
+                now = time.monotonic()
+                if now - state.last_recorded >= self.RECORD_PROGRESS_EVERY:
+                    state.last_recorded = now
+                    self._spawn(self._record_progress(job.id, frame.step, frame.total))
+
+            return on_progress
+
+        members = [
+            GroupMember(
+                request_from_spec(job, progress_every=self._progress_every),
+                progress_of(job),
+                job_id=job.id,
+            )
+            for job in ready
+        ]
+        groups.started(ready)
+        handles = self._worker.submit_group(members)
+        await asyncio.gather(
+            *(
+                self._await_job(job, handle, states[job.id])
+                for job, handle in zip(ready, handles, strict=True)
+            )
+        )
+
+    async def _await_job(self, job: Job, handle: Handle, state: _Running) -> None:
+        """Wait for one job's outcome and hand it to the finishing that fits."""
         self._current[job.id] = handle
         outcome: tuple[str, str | FinishedImage]
         try:
@@ -316,6 +409,9 @@ class Scheduler:
             self._spawn(self._finish_failed(job, row.error or reason))
         else:
             log.warning("job %s: %s; back on the queue", job.id, reason)
+            if job.in_group:
+                await self._tell_group_waiting(job, reason[:1].upper() + reason[1:])
+                return
             position = await db.queue_position(self._conn, job.id)
             if job.id in self._resumed:  # not taken again meanwhile
                 self._replies.update(job, resumed(job, position, reason))
@@ -388,6 +484,13 @@ class Scheduler:
             log.info("job %s was no longer running when it finished", job.id)
             self._notify(job.id, "cancelled")
             return
+        if ready.in_group:
+            if unsaved is not None:
+                await self._record_unsaved(ready, path)
+            # The group's one message, sent when its last picture ends.
+            await self.delivery.groups.settle(ready, pictures={ready.id: finished.png})
+            self._notify(job.id, "done")
+            return
         rendered = render_result(ready, finished, verdict)
         if unsaved is not None:
             # Shown from memory; its buttons say it expired (there is no file to vary).
@@ -424,7 +527,10 @@ class Scheduler:
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
         try:
-            await self._replies.finish(job, render.failed(job, message))
+            if job.in_group:
+                await self.delivery.groups.settle(job)  # the others still deliver
+            else:
+                await self._replies.finish(job, render.failed(job, message))
         except Exception:
             log.exception("could not show the failure of job %s", job.id)
         self._notify(job.id, "failed")
@@ -435,7 +541,10 @@ class Scheduler:
             by = row.cancelled_by if row is not None else None
             if row is not None and not row.finished:
                 await db.mark_cancelled(self._conn, job.id)
-            await self._replies.finish(job, render.cancelled(job, by))
+            if job.in_group:
+                await self.delivery.groups.settle(job)
+            else:
+                await self._replies.finish(job, render.cancelled(job, by))
             self._notify(job.id, "cancelled")
         except Exception:
             log.exception("could not finish the cancelled job %s", job.id)

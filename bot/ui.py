@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.render import BUTTONS_CANCEL, BUTTONS_DONE, BUTTONS_NONE
+from bot.render import BUTTONS_CANCEL, BUTTONS_DONE, BUTTONS_GROUP, BUTTONS_NONE
 
 ACTIONS = ("reroll", "variation", "edit", "delete", "cancel")
 CUSTOM_ID = re.compile(
@@ -51,11 +51,19 @@ class ButtonHost(Protocol):
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID):
-    def __init__(self, job_id: int, action: str) -> None:
+    def __init__(
+        self, job_id: int, action: str, *, number: int | None = None, row: int | None = None
+    ) -> None:
         label, style, emoji = _LOOKS[action]
+        if number is not None:
+            label = f"{label} {number}"  # which picture of a group: "Re-roll 2"
         super().__init__(
             discord.ui.Button(
-                label=label, style=style, emoji=emoji, custom_id=custom_id(job_id, action)
+                label=label,
+                style=style,
+                emoji=emoji,
+                custom_id=custom_id(job_id, action),
+                row=row,
             )
         )
         self.job_id = job_id
@@ -75,12 +83,27 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_
         await host.jobs.on_button(interaction, self.job_id, self.action)
 
 
-def job_view(job_id: int | None, buttons: str) -> discord.ui.View | None:
-    """The buttons a job's message carries in a given state (None: no buttons)."""
+# Discord allows 5 buttons in a row and 5 rows: a group's pictures get one row per action.
+GROUP_ACTIONS = ("reroll", "variation")
+MAX_GROUP_BUTTONS = 5
+
+
+def job_view(
+    job_id: int | None, buttons: str, members: tuple[tuple[int, int], ...] = ()
+) -> discord.ui.View | None:
+    """The buttons a job's message carries in a given state (None: no buttons). For a group
+    (``BUTTONS_GROUP``), ``members`` holds (number, job id) of each picture with buttons: a row
+    of Re-roll 1..N and a row of Variation 1..N, each button naming its picture's own job."""
     if job_id is None or buttons == BUTTONS_NONE:
         return None
     view = discord.ui.View(timeout=None)
-    if buttons == BUTTONS_CANCEL:
+    if buttons == BUTTONS_GROUP:
+        if not 1 <= len(members) <= MAX_GROUP_BUTTONS:
+            raise ValueError(f"a group shows 1 to {MAX_GROUP_BUTTONS} pictures, not {len(members)}")
+        for row, action in enumerate(GROUP_ACTIONS):
+            for number, member_id in members:
+                view.add_item(JobButton(member_id, action, number=number, row=row))
+    elif buttons == BUTTONS_CANCEL:
         view.add_item(JobButton(job_id, "cancel"))
     elif buttons == BUTTONS_DONE:
         for action in ("reroll", "variation", "edit", "delete"):

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Discord integer options stop at 2**53.
 MAX_OPTION_SEED = 2**53 - 1
+# Pictures one /imagine may ask for (count): a grid plus each file fits Discord's 10
+# attachments, and a Re-roll and a Variation per picture fit its 5 buttons a row.
+MAX_COUNT = 4
 
 
 def size_label(size: str) -> str:
@@ -70,6 +73,8 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         image_prompt="An image whose look the picture should have",
         strength="Diffusion generators: how much of the init image to paint over, 0.01-1 "
         "(default 0.5 pixel, 0.75 latent)",
+        count=f"How many pictures of this prompt, with consecutive seeds (1-{MAX_COUNT}, "
+        "default 1)",
     )
     @app_commands.choices(size=size_choices, generator=generator_choices)
     async def imagine(
@@ -82,6 +87,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         init_image: discord.Attachment | None = None,
         image_prompt: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
     ) -> None:
         await cog.imagine(
             interaction,
@@ -93,6 +99,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
             init_image=init_image,
             image_prompt=image_prompt,
             strength=strength,
+            count=count,
         )
 
     return imagine
@@ -183,9 +190,17 @@ class ImagineCog(commands.Cog):
         init_image: discord.Attachment | None,
         image_prompt: discord.Attachment | None,
         strength: float | None = None,
+        count: int | None = None,
     ) -> None:
         settings = self.bot.settings
         jobs = self.bot.jobs
+        pictures = 1 if count is None else count
+        try:
+            # Discord's range is a hint to the app; a client may send anything.
+            jobs.admission.limits.check_count(pictures)
+        except Refused as refused:
+            await jobs.refuse(interaction, refused.message)
+            return
         if size is not None and size not in settings.sizes:
             # Discord offers only the choices, but a client may send anything.
             await jobs.refuse(
@@ -226,7 +241,7 @@ class ImagineCog(commands.Cog):
             if a is not None
         ]
         if not attachments:
-            await jobs.submit(interaction, spec)
+            await jobs.submit(interaction, spec, count=pictures)
             return
         # Refuse bad options, bans, limits, blocked prompts and files that are too big or not
         # images by what Discord says about them, all before downloading anything.
@@ -274,7 +289,7 @@ class ImagineCog(commands.Cog):
             image_prompts=(paths["image prompt"],) if "image prompt" in paths else (),
             extra={**spec.extra, **with_strength},
         )
-        if await jobs.submit(interaction, spec, deferred=True) is None:
+        if await jobs.submit(interaction, spec, deferred=True, count=pictures) is None:
             # Refused after all (a limit reached meanwhile): keep nothing of it.
             await asyncio.to_thread(discard, [item.path for item in checked])
 
