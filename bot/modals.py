@@ -9,6 +9,8 @@ from typing import Any
 
 import discord
 
+from bot.moderation.normalize import shown_text
+
 # Discord's limits: a modal title has at most 45 characters, a text input 4000 (ours: the
 # /imagine prompt's 1000).
 PROMPT_LIMIT = 1000
@@ -29,7 +31,7 @@ class EditPromptModal(discord.ui.Modal):
         self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
             label="Prompt",
             style=discord.TextStyle.paragraph,
-            default=prompt[:PROMPT_LIMIT],
+            default=shown_text(prompt)[:PROMPT_LIMIT],
             max_length=PROMPT_LIMIT,
             custom_id="prompt",
         )

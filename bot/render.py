@@ -14,6 +14,7 @@ from typing import Protocol
 
 from discord.utils import escape_markdown, escape_mentions
 
+from bot.moderation.normalize import shown_text
 from db import Job
 
 # Embed colours: blurple while waiting, amber while painting, green done, red failed, grey off.
@@ -118,8 +119,9 @@ def shorten(text: str, limit: int) -> str:
 
 
 def safe_prompt(prompt: str, limit: int = DESCRIPTION_LIMIT) -> str:
-    """The prompt as shown in a message: markdown and mentions defused, length capped."""
-    return shorten(escape_mentions(escape_markdown(prompt.strip())), limit)
+    """The prompt as shown in a message: bidi controls and invisible format characters removed
+    (so it reads as it was matched), markdown and mentions defused, length capped."""
+    return shorten(escape_mentions(escape_markdown(shown_text(prompt).strip())), limit)
 
 
 def plural(count: int, word: str) -> str:
@@ -138,8 +140,8 @@ def requester_name(job: Job) -> str:
     """The requester's display name as it was when they asked (kept in the job's extra
     parameters), or their id for jobs stored before names were kept."""
     name = job.extra.get("requester")
-    if isinstance(name, str) and name.strip():
-        return shorten(name.strip(), 80)
+    if isinstance(name, str) and shown_text(name).strip():
+        return shorten(shown_text(name).strip(), 80)
     return f"user {job.user_id}"
 
 
@@ -344,7 +346,7 @@ def channel_fallback(rendered: Rendered, user_id: int) -> Rendered:
 
 def imagine_command(job: Job) -> str:
     """The /imagine command that paints ``job`` again: every option it was made with."""
-    prompt = job.prompt.replace("`", "'").replace("\n", " ")
+    prompt = shown_text(job.prompt).replace("`", "'").replace("\n", " ")
     parts = [
         f"/imagine prompt:{prompt}",
         f"seed:{job.seed}",

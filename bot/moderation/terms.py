@@ -4,7 +4,8 @@ How a prompt is matched against a term (the rules moderators rely on):
 
 * **Same alphabet.** Prompt and term are both folded (``normalize.fold_text``): letter case,
   accents, fullwidth and other compatibility forms, look-alike letters from other scripts,
-  zero-width and other invisible characters make no difference.
+  zero-width and other invisible characters make no difference. A prompt that bidirectional
+  controls or right-to-left letters draw in another order is matched in both orders.
 * **Stand-ins.** Where the term has a letter, the prompt may have a digit or symbol that looks
   like it: 0 o, 1 i or l, 3 e, 4 a, 5 s, 6 b or g, 7 t, 8 b, 9 g, @ a, $ s, ! i, | i or l,
   + t (and ¡ i, ¢ c, € e, which are simply read as those letters). Each letter of the term
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from bot.moderation.confusables import STAND_IN_SYMBOLS, STAND_INS, stand_ins_for
-from bot.moderation.normalize import GAP_CHAR, normalize_term, prepare_for_matching
+from bot.moderation.normalize import GAP_CHAR, matching_forms, normalize_term
 
 MatchMode = Literal["word", "substring"]
 MATCH_MODES: tuple[str, ...] = get_args(MatchMode)
@@ -169,7 +170,8 @@ def _run_pattern(run: _Run, next_accepted: frozenset[str], start_check: str = ""
 
 
 def term_pattern(term: BlockedTerm) -> str:
-    """The regular expression (over ``prepare_for_matching`` output) that finds ``term``."""
+    """The regular expression (over ``normalize.prepare_for_matching`` output) that finds
+    ``term``."""
     words = normalize_term(term.term).split(" ")
     word_runs = [_word_runs(word) for word in words]
     plural_suffix = ""
@@ -225,22 +227,24 @@ class TermMatcher:
     def find(self, prompt: str) -> BlockedTerm | None:
         """The blocked term that occurs earliest in ``prompt`` (list order breaks ties), or
         ``None`` when the prompt contains none of them."""
-        prepared = prepare_for_matching(prompt)
         best: BlockedTerm | None = None
-        best_start = len(prepared) + 1
-        for term, pattern in zip(self.terms, self._patterns, strict=True):
-            match = pattern.search(prepared)
-            if match is not None and match.start() < best_start:
-                best, best_start = term, match.start()
+        for prepared in matching_forms(prompt):
+            best_start = len(prepared) + 1
+            for term, pattern in zip(self.terms, self._patterns, strict=True):
+                match = pattern.search(prepared)
+                if match is not None and match.start() < best_start:
+                    best, best_start = term, match.start()
+            if best is not None:
+                return best
         return best
 
     def find_all(self, prompt: str) -> list[BlockedTerm]:
         """Every blocked term that occurs in ``prompt``, in the order of the term list."""
-        prepared = prepare_for_matching(prompt)
+        forms = matching_forms(prompt)
         return [
             term
             for term, pattern in zip(self.terms, self._patterns, strict=True)
-            if pattern.search(prepared)
+            if any(pattern.search(prepared) for prepared in forms)
         ]
 
 
