@@ -27,6 +27,7 @@ import db
 from bot.coalesce import NextRead
 from bot.moderation.terms import BlockedTerm as MatchTerm
 from bot.moderation.terms import find_blocked
+from bot.refusals import RefusalLog
 from db import Job, JobSpec
 from generation.errors import BadRequest
 from generation.request import GenerationRequest, check_request
@@ -231,9 +232,11 @@ class Admission:
         known_generators: tuple[str, ...] = (),
         global_queue_cap: int = db.DEFAULT_GLOBAL_QUEUE_CAP,
         limits: BotLimits | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._conn = conn
         self.policy = policy
+        self.refusals = refusals
         self.limits = limits if limits is not None else BotLimits()
         self._known_generators = known_generators
         self._global_queue_cap = global_queue_cap
@@ -258,9 +261,15 @@ class Admission:
             return
         if refusal.rule is not None:
             try:
-                await db.record_refused_prompt(
-                    self._conn, spec.guild_id, spec.user_id, spec.prompt, refusal.rule
-                )
+                if self.refusals is not None:
+                    # At most so many rows per user per hour; the rest are only counted.
+                    await self.refusals.record(
+                        spec.guild_id, spec.user_id, spec.prompt, refusal.rule
+                    )
+                else:
+                    await db.record_refused_prompt(
+                        self._conn, spec.guild_id, spec.user_id, spec.prompt, refusal.rule
+                    )
             except Exception:
                 log.exception("could not record a refused prompt")
         raise Refused(refusal)

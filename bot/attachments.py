@@ -14,22 +14,32 @@ what to do:
    the image is fully decoded so a truncated or corrupt file is caught now, not in the GPU job.
 
 The accepted file is saved under the data folder with a random name, so the job row can point
-at it and the job can be rebuilt after a restart.
+at it and the job can be rebuilt after a restart. The caller claims the path before it is
+written (``fetch_image(claim=...)``, see ``bot.retention.FileClaims``) and owns the file from
+then on: it hands it to a job or deletes it (``discard``, ``discard_unless_used``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import os
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+import aiosqlite
 import yarl
 from PIL import Image, UnidentifiedImageError
+
+import db
+
+log = logging.getLogger(__name__)
 
 # Where Discord serves attachments. Only these are downloaded from (over https).
 DISCORD_CDN_ORIGINS = ("https://cdn.discordapp.com", "https://media.discordapp.net")
@@ -207,17 +217,42 @@ def decode_check(data: bytes, *, max_pixels: int, what: str) -> tuple[str, int, 
     return fmt, width, height
 
 
-def discard(paths: list[Path]) -> None:
+def discard(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Delete stored attachments of a request that was refused (call it in a thread)."""
     for path in paths:
-        path.unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
+
+
+async def discard_unless_used(conn: aiosqlite.Connection, paths: Sequence[str]) -> list[str]:
+    """After a request failed part-way (an error, a cancel): delete those of its saved
+    attachments that no job row names; returns them. When the database cannot say, the files
+    are kept (the retention sweep deletes them by age) rather than taken from a job."""
+    if not paths:
+        return []
+    try:
+        in_use = await db.files_in_use(conn)
+    except Exception:
+        log.warning("could not tell whether %d attachment(s) are used; kept", len(paths))
+        return []
+    return await asyncio.to_thread(_discard_unused, paths, in_use)
+
+
+def _discard_unused(paths: Sequence[str], in_use: set[str]) -> list[str]:
+    used = {os.path.abspath(p) for p in in_use}
+    unused = [p for p in paths if os.path.abspath(p) not in used]
+    discard(unused)
+    return unused
 
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        raise
 
 
 async def fetch_image(
@@ -229,13 +264,26 @@ async def fetch_image(
     max_pixels: int,
     what: str = "image",
     origins: tuple[str, ...] = DISCORD_CDN_ORIGINS,
+    claim: Callable[[Path], None] | None = None,
 ) -> CheckedImage:
-    """Check, download, decode and save one attachment; raises AttachmentError."""
+    """Check, download, decode and save one attachment; raises AttachmentError. ``claim`` is
+    called with the file's path before it is written (``FileClaims``: from that moment the
+    caller owns the file, even when this is cancelled while writing)."""
     check_declared(attachment, max_bytes=max_bytes, what=what)
     data = await download(session, attachment.url, max_bytes=max_bytes, what=what, origins=origins)
     fmt, width, height = await asyncio.to_thread(
         decode_check, data, max_pixels=max_pixels, what=what
     )
     path = dest_dir / f"{uuid.uuid4().hex}{EXTENSIONS[fmt]}"
-    await asyncio.to_thread(_write, path, data)
+    if claim is not None:
+        claim(path)
+    writing = asyncio.ensure_future(asyncio.to_thread(_write, path, data))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        # A thread cannot be stopped: let the write end, then take its file back (the caller's
+        # clean-up may already have run, before the file existed).
+        await asyncio.wait([writing])
+        await asyncio.to_thread(discard, [path])
+        raise
     return CheckedImage(path=path, format=fmt, width=width, height=height, size=len(data))

@@ -28,8 +28,9 @@ from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
 from bot.progress import ReplyManager
 from bot.queuewatch import QueueWatcher
+from bot.refusals import RefusalLog
 from bot.replies import JobReplySink
-from bot.retention import RetentionSweeper
+from bot.retention import FileClaims, RetentionSweeper
 from bot.scheduler import Scheduler
 from bot.settings import Settings, parse_size
 from bot.ui import JobButton
@@ -88,6 +89,10 @@ class ImagineBot(commands.Bot):
             max_attempts=settings.redeliver_attempts,
         )
         self.policy = PolicyChain([BlockedTermsPolicy(conn)])
+        # Refused prompts logged per user per hour; the rest are counted (retention flushes).
+        self.refusals = RefusalLog(conn, settings.refusals_logged_per_hour)
+        # Stored files that requests being admitted are about to use (retention skips them).
+        self.file_claims = FileClaims()
         self.admission = Admission(
             conn,
             self.policy,
@@ -97,6 +102,7 @@ class ImagineBot(commands.Bot):
                 max_steps=settings.max_steps,
                 sizes=tuple(parse_size(size) for size in settings.sizes),
             ),
+            refusals=self.refusals,
         )
         self.scheduler = Scheduler(
             conn,
@@ -112,6 +118,7 @@ class ImagineBot(commands.Bot):
             conn, self.replies, self.jobs.eta, spacing=settings.edit_interval
         )
         self.jobs.queue_watcher = self.queue_watcher
+        self.jobs.file_claims = self.file_claims
         # A finished job frees a worker: the next one starts and every waiting job moves up.
         self.scheduler.on_job_finished.append(self.queue_watcher.poke)
         self.retention = RetentionSweeper(
@@ -119,6 +126,10 @@ class ImagineBot(commands.Bot):
             (settings.output_dir, settings.input_dir),
             max_age_days=settings.retention_days,
             max_gb=settings.retention_max_gb,
+            claims=self.file_claims,
+            job_rows_days=settings.job_rows_days,
+            modlog_days=settings.modlog_days,
+            refusals=self.refusals,
         )
         self.downloads: aiohttp.ClientSession | None = None
         self.synced_commands = "no commands synced"

@@ -30,9 +30,15 @@ class NextRead(Generic[K, T]):
         # Awaited by each read before it starts (e.g. let a burst of inserts land first).
         self._before = before
         self._next: dict[K, asyncio.Future[T]] = {}
-        self._locks: dict[K, asyncio.Lock] = {}
+        # One lock per key while reads of it run or wait (then dropped: keys are guilds).
+        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.reads = 0  # how many reads ran (for tests)
+
+    @property
+    def keys_held(self) -> int:
+        """Keys with a read running or waiting (for tests: it must not grow)."""
+        return len(self._locks)
 
     async def get(self, key: K) -> T:
         future = self._next.get(key)
@@ -49,12 +55,23 @@ class NextRead(Generic[K, T]):
         try:
             if self._before is not None:
                 await self._before()
-            # One read per key at a time; one lock per key ever seen (a guild, "the queue").
-            async with self._locks.setdefault(key, asyncio.Lock()):
-                if self._next.get(key) is future:
-                    del self._next[key]  # later callers join the read after this one
-                self.reads += 1
-                result = await self._read(key)
+            # One read per key at a time (a guild, "the queue").
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = asyncio.Lock()
+            self._locks[key] = (lock, users + 1)
+            try:
+                async with lock:
+                    if self._next.get(key) is future:
+                        del self._next[key]  # later callers join the read after this one
+                    self.reads += 1
+                    result = await self._read(key)
+            finally:
+                lock, users = self._locks[key]
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
         except Exception as error:
             if self._next.get(key) is future:
                 del self._next[key]

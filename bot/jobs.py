@@ -28,6 +28,7 @@ from bot.moderation import permissions
 from bot.progress import ReplyManager
 from bot.queuewatch import QueueWatcher
 from bot.replies import edit_kwargs
+from bot.retention import FileClaims
 from bot.scheduler import Scheduler
 from db import Job, JobSpec
 
@@ -53,10 +54,6 @@ NOT_YOURS_TO_DELETE = (
 
 def _all_exist(paths: list[str]) -> bool:
     return all(Path(p).is_file() for p in paths)
-
-
-def _remove(path: str) -> None:
-    Path(path).unlink(missing_ok=True)
 
 
 def random_seed() -> int:
@@ -150,6 +147,10 @@ class JobService:
         self.on_submitted: list[Callable[[int, Job], None]] = []
         # Keeps the places shown on waiting jobs' messages up to date (set by the client).
         self.queue_watcher: QueueWatcher | None = None
+        # Stored files a request is about to reuse: claimed before they are checked and until
+        # the job row is committed, so the retention sweep cannot delete them in between (the
+        # client shares its sweeper's claims here).
+        self.file_claims = FileClaims()
 
     # ---- new jobs ---------------------------------------------------------------------------
 
@@ -327,43 +328,45 @@ class JobService:
             await self.refuse(interaction, "Only a finished picture can be re-rolled.")
             return None
         inputs = [p for p in (parent.init_image, *parent.image_prompts) if p]
-        if inputs and not await asyncio.to_thread(_all_exist, inputs):
-            await self.refuse(
-                interaction,
-                "This picture started from images that have expired (the bot keeps files for "
-                "a limited time), so it cannot be re-rolled. Run /imagine again with new "
-                "images.",
-            )
-            return None
-        seed = random_seed()
-        while seed == parent.seed:
+        with self.file_claims.hold(inputs):
+            if inputs and not await asyncio.to_thread(_all_exist, inputs):
+                await self.refuse(
+                    interaction,
+                    "This picture started from images that have expired (the bot keeps files "
+                    "for a limited time), so it cannot be re-rolled. Run /imagine again with "
+                    "new images.",
+                )
+                return None
             seed = random_seed()
-        return await self.submit(
-            interaction, self._derived(interaction, parent, kind="reroll", seed=seed)
-        )
+            while seed == parent.seed:
+                seed = random_seed()
+            return await self.submit(
+                interaction, self._derived(interaction, parent, kind="reroll", seed=seed)
+            )
 
     async def variation(self, interaction: discord.Interaction[Any], parent: Job) -> Job | None:
         """A new job that starts from the finished picture."""
         if parent.status != "done" or not parent.output_path:
             await self.refuse(interaction, "Only a finished picture can be varied.")
             return None
-        if parent.expired_at is not None or not await asyncio.to_thread(
-            _all_exist, [parent.output_path]
-        ):
-            await self.refuse(
+        with self.file_claims.hold([parent.output_path]):
+            if parent.expired_at is not None or not await asyncio.to_thread(
+                _all_exist, [parent.output_path]
+            ):
+                await self.refuse(
+                    interaction,
+                    f"{render.EXPIRED_NOTE} It cannot be varied any more; Re-roll it or run "
+                    "/imagine again.",
+                )
+                return None
+            spec = self._derived(
                 interaction,
-                f"{render.EXPIRED_NOTE} It cannot be varied any more; Re-roll it or run "
-                "/imagine again.",
+                parent,
+                kind="variation",
+                seed=random_seed(),
+                init_image=parent.output_path,
             )
-            return None
-        spec = self._derived(
-            interaction,
-            parent,
-            kind="variation",
-            seed=random_seed(),
-            init_image=parent.output_path,
-        )
-        return await self.submit(interaction, spec)
+            return await self.submit(interaction, spec)
 
     async def _may_manage(self, interaction: discord.Interaction[Any], job: Job) -> bool:
         """The requester, or a moderator of the job's guild (checked here, on the server
@@ -401,15 +404,16 @@ class JobService:
             await self.refuse(interaction, "This picture is no longer known to the bot.")
             return None
         inputs = [p for p in (parent.init_image, *parent.image_prompts) if p]
-        if inputs and not await asyncio.to_thread(_all_exist, inputs):
-            await self.refuse(
-                interaction,
-                "This picture started from images that have expired, so it cannot be painted "
-                "again with a new prompt. Run /imagine with new images.",
-            )
-            return None
-        spec = self._derived(interaction, parent, kind="imagine", prompt=prompt.strip())
-        return await self.submit(interaction, spec)
+        with self.file_claims.hold(inputs):
+            if inputs and not await asyncio.to_thread(_all_exist, inputs):
+                await self.refuse(
+                    interaction,
+                    "This picture started from images that have expired, so it cannot be "
+                    "painted again with a new prompt. Run /imagine with new images.",
+                )
+                return None
+            spec = self._derived(interaction, parent, kind="imagine", prompt=prompt.strip())
+            return await self.submit(interaction, spec)
 
     async def delete(self, interaction: discord.Interaction[Any], job: Job) -> None:
         """Remove the picture's message and its file: requester or moderator only."""
@@ -426,9 +430,14 @@ class JobService:
             return
         # The file first: once the message is gone nobody can press Delete again.
         if job.output_path and job.expired_at is None:
-            in_use = await db.files_in_use(self._conn)
-            if job.output_path not in in_use:
-                await asyncio.to_thread(_remove, job.output_path)
+            # Like the retention sweep: not while a job uses it or a request has claimed it
+            # (a Variation of this picture being admitted right now).
+            deleted: list[str] = []
+            with self.file_claims.snapshot() as snapshot:
+                in_use = await db.files_in_use(self._conn)
+                if job.output_path not in in_use:
+                    deleted = await asyncio.to_thread(snapshot.delete, [job.output_path])
+            if deleted or not await asyncio.to_thread(_all_exist, [job.output_path]):
                 await db.mark_expired(self._conn, [job.output_path])
         try:
             if interaction.message is not None:

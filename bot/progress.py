@@ -88,6 +88,11 @@ class EditWindow:
         self._prune(now)
         self._times.append(now)
 
+    def empty(self, now: float) -> bool:
+        """No event inside the window any more (a fresh window would know the same)."""
+        self._prune(now)
+        return not self._times
+
 
 class MessageThrottle:
     """At most one edit of one message every ``interval`` seconds."""
@@ -147,6 +152,11 @@ class ChannelGate:
     def release(self) -> None:
         self._inflight -= 1
         self.window.record(self._clock())
+
+    def idle(self) -> bool:
+        """Nobody waits, nothing is in flight and the window has emptied: dropping the gate
+        loses nothing (a new one for the channel starts in the same state)."""
+        return not self._waiters and self._inflight == 0 and self.window.empty(self._clock())
 
 
 class AckGate:
@@ -372,7 +382,10 @@ class ReplyManager:
         # Jobs created before this wall time were acknowledged by an earlier run of the bot.
         self.started_at = time.time() if started_at is None else started_at
         self.acks = AckGate()
+        # One gate per channel with edits in the last window; idle ones are dropped
+        # (``_drop_idle_gates``), or a bot in many channels would keep them all for ever.
         self._gates: dict[int | None, ChannelGate] = {}
+        self._gates_checked_at = clock()
         self._reporters: dict[int, JobReporter] = {}
         # Jobs whose final edit was sent: a late progress frame must not reopen their message.
         self._finished: OrderedDict[int, None] = OrderedDict()
@@ -388,6 +401,7 @@ class ReplyManager:
     def gate(self, channel_id: int | None) -> ChannelGate:
         gate = self._gates.get(channel_id)
         if gate is None:
+            self._drop_idle_gates()
             gate = ChannelGate(
                 self._channel_limit, self._channel_window, clock=self._clock, sleep=self._sleep
             )
@@ -453,6 +467,24 @@ class ReplyManager:
             self._finished[job.id] = None
             while len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
+            self._drop_idle_gates()
+
+    def _drop_idle_gates(self) -> None:
+        """Forget the gates of channels without a live reporter whose window has emptied; at
+        most once per window (it walks every gate and reporter)."""
+        now = self._clock()
+        if now - self._gates_checked_at < self._channel_window:
+            return
+        self._gates_checked_at = now
+        # A live reporter keeps its gate: a second gate for its channel would double the limit.
+        used = {id(reporter._gate) for reporter in self._reporters.values()}
+        for channel_id, gate in list(self._gates.items()):
+            if id(gate) not in used and gate.idle():
+                del self._gates[channel_id]
+
+    @property
+    def gate_count(self) -> int:
+        return len(self._gates)
 
     def active(self) -> int:
         return len(self._reporters)

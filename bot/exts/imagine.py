@@ -8,6 +8,8 @@ discord.py reads the annotations of that signature as real objects.
 import asyncio
 import logging
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -22,6 +24,7 @@ from bot.attachments import (
     CheckedImage,
     check_declared,
     discard,
+    discard_unless_used,
     fetch_image,
 )
 from bot.exts.info import workers_text
@@ -258,6 +261,42 @@ class ImagineCog(commands.Cog):
         # Downloads may take longer than Discord's 3 seconds: answer "thinking" (ephemeral, so
         # an error about the file is seen by its sender only), then post the job publicly.
         await interaction.response.defer(ephemeral=True, thinking=True)
+        # Each file is claimed before it is written (the retention sweep leaves it alone) and
+        # is either handed to the job or deleted, whatever fails on the way.
+        with self.bot.file_claims.hold() as saved:
+            submitting = False
+            handed = False
+            try:
+                downloaded = await self._download(spec, attachments, saved.add)
+                if isinstance(downloaded, str):
+                    # One file was refused: the other one is not kept either (deleted before
+                    # the answer, so nothing is left once the user reads it).
+                    await asyncio.to_thread(discard, saved.paths)
+                    await jobs.refuse(interaction, downloaded, deferred=True)
+                    return
+                spec = downloaded.replace(extra={**downloaded.extra, **with_strength})
+                submitting = True
+                handed = (
+                    await jobs.submit(interaction, spec, deferred=True, count=pictures) is not None
+                )
+            finally:
+                if not handed and saved.paths:
+                    if submitting:
+                        # It failed or was cancelled part-way: the job may exist after all.
+                        await discard_unless_used(self.bot.conn, saved.paths)
+                    else:
+                        # Refused, or failed before any job was asked for: keep nothing.
+                        await asyncio.to_thread(discard, saved.paths)
+
+    async def _download(
+        self,
+        spec: db.JobSpec,
+        attachments: list[tuple[discord.Attachment, str]],
+        claim: Callable[[Path], None],
+    ) -> db.JobSpec | str:
+        """Fetch the attachments into the spec, or the message that says why one was
+        refused."""
+        settings = self.bot.settings
         assert self.bot.downloads is not None
         results = await asyncio.gather(
             *(
@@ -269,6 +308,7 @@ class ImagineCog(commands.Cog):
                     max_pixels=settings.max_image_pixels,
                     what=what,
                     origins=settings.attachment_origins,
+                    claim=claim,
                 )
                 for attachment, what in attachments
             ),
@@ -277,21 +317,14 @@ class ImagineCog(commands.Cog):
         checked = [r for r in results if isinstance(r, CheckedImage)]
         errors = [r for r in results if not isinstance(r, CheckedImage)]
         if errors:
-            # One file was refused: the other one is not kept either.
-            await asyncio.to_thread(discard, [item.path for item in checked])
             if not isinstance(errors[0], AttachmentError):
                 raise errors[0]
-            await jobs.refuse(interaction, str(errors[0]), deferred=True)
-            return
+            return str(errors[0])
         paths = {what: str(item.path) for (_, what), item in zip(attachments, checked, strict=True)}
-        spec = spec.replace(
+        return spec.replace(
             init_image=paths.get("init image"),
             image_prompts=(paths["image prompt"],) if "image prompt" in paths else (),
-            extra={**spec.extra, **with_strength},
         )
-        if await jobs.submit(interaction, spec, deferred=True, count=pictures) is None:
-            # Refused after all (a limit reached meanwhile): keep nothing of it.
-            await asyncio.to_thread(discard, [item.path for item in checked])
 
     @app_commands.command(
         name="queue", description="Your pictures in the queue and when they are due"

@@ -315,3 +315,25 @@ async def test_reporter_close_resolves_finish() -> None:
     assert isinstance(reporter, JobReporter)
     await manager.close()
     assert reporter.finished
+
+
+async def test_idle_channel_gates_are_dropped_and_live_ones_kept() -> None:
+    """A bot in many channels must not keep a gate per channel for ever; a gate goes only when
+    no reporter uses it and its window has emptied (so a new one knows the same)."""
+    clock = VirtualClock()
+    log: list[tuple[float, int, str, bool]] = []
+    manager, _ = manager_for(clock, log)
+    finals = [
+        asyncio.ensure_future(manager.finish(make_job(id=n, channel_id=100 + n), frame("final", n)))
+        for n in range(1, 51)
+    ]
+    await clock.run_until(lambda: all(f.done() for f in finals))
+    live = make_job(id=999, channel_id=7)
+    manager.update(live, frame("painting", 999))
+    await clock.run_until(lambda: any(entry[1] == 999 for entry in log))
+    live_gate = manager.gate(7)
+    await clock.advance(10)  # every window has emptied
+    last = asyncio.ensure_future(manager.finish(make_job(id=1000, channel_id=8), frame("end")))
+    await clock.run_until(last.done)
+    assert manager.gate_count == 2  # channel 7 (a live reporter) and channel 8 (just used)
+    assert manager.gate(7) is live_gate

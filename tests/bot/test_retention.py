@@ -4,8 +4,10 @@ never those a job still needs; an expired picture's buttons say so."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -13,7 +15,14 @@ import pytest
 from PIL import Image
 
 import db
-from bot.retention import GRACE, RetentionSweeper, StoredFile, choose_deletions
+from bot.retention import (
+    GRACE,
+    PART_MAX_AGE,
+    FileClaims,
+    RetentionSweeper,
+    StoredFile,
+    choose_deletions,
+)
 from tests.bot.conftest import Harness, is_file, is_final
 
 DAY = 86400.0
@@ -80,7 +89,10 @@ async def test_sweep_keeps_what_jobs_need_and_marks_expired_pictures(tmp_path: P
         queued_input = write(inputs / "queued.png", 1000, 40 * DAY, now)
         orphan_input = write(inputs / "orphan.png", 1000, 40 * DAY, now)
         recent_png = write(outputs / "00000004-1.png", 1000, 2 * DAY, now)
-        partial = write(outputs / "00000005-1.png.part", 1000, 40 * DAY, now)
+        # Writes that never finished: a stale .part goes whatever the limits, a fresh one stays.
+        stale_part = write(outputs / "00000005-1.png.part", 1000, PART_MAX_AGE + 60, now)
+        stale_input_part = write(inputs / "abc.png.part", 1000, 40 * DAY, now)
+        fresh_part = write(outputs / "00000006-1.png.part", 1000, 60, now)
 
         for path, delivered in ((delivered_png, True), (undelivered_png, False)):
             job = await make_job(conn)
@@ -96,9 +108,11 @@ async def test_sweep_keeps_what_jobs_need_and_marks_expired_pictures(tmp_path: P
         sweeper = RetentionSweeper(conn, (outputs, inputs), max_age_days=30, max_gb=20)
         result = await sweeper.sweep(now=now)
         assert (result.deleted, result.freed_bytes, result.expired_jobs) == (2, 2000, 1)
+        assert result.partials_deleted == 2
         assert files_in(tmp_path / "outputs") == sorted(
-            [undelivered_png, queued_input, recent_png, partial]
+            [undelivered_png, queued_input, recent_png, fresh_part]
         )
+        assert not stale_part.exists() and not stale_input_part.exists()
         expired = await db.get_job(conn, 1)
         kept = await db.get_job(conn, 2)
         assert expired is not None and expired.expired_at == pytest.approx(now)
@@ -107,6 +121,61 @@ async def test_sweep_keeps_what_jobs_need_and_marks_expired_pictures(tmp_path: P
         # Run again: nothing more to do.
         again = await sweeper.sweep(now=now)
         assert again.deleted == 0
+        # With the file limits off, stale .part files still go.
+        off = RetentionSweeper(conn, (outputs, inputs), max_age_days=0, max_gb=0)
+        assert not off.enabled
+        late = await off.sweep(now=now + 2 * PART_MAX_AGE)
+        assert (late.deleted, late.partials_deleted) == (0, 1)
+        assert not fresh_part.exists() and recent_png.exists()
+    finally:
+        await conn.close()
+
+
+def test_a_claim_keeps_a_file_from_a_sweep_that_read_the_database_before_it() -> None:
+    claims = FileClaims()
+    with claims.snapshot() as early:
+        # A request claims the file, its job row is committed after `early` read the database,
+        # and its claim ends: `early` must still keep the file.
+        with claims.hold(["/d/x.png"]):
+            assert early.claims.claimed() == {os.path.abspath("/d/x.png")}
+        with claims.snapshot() as late:
+            assert late.generation > early.generation
+    assert claims.tracked == 0  # nothing kept once no sweep can need it
+
+
+async def test_sweep_spares_a_file_claimed_after_it_read_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: the sweep has read the files in use; a Variation of an old picture is
+    admitted (claim, check, commit) before the sweep deletes; the picture must stay."""
+    now = time.time()
+    outputs = tmp_path / "outputs"
+    conn = await db.connect(tmp_path / "imagine.db")
+    try:
+        picture = write(outputs / "00000001-1.png", 1000, 40 * DAY, now)
+        claims = FileClaims()
+        sweeper = RetentionSweeper(conn, (outputs,), max_age_days=30, max_gb=0, claims=claims)
+        read_done, go = asyncio.Event(), asyncio.Event()
+        real_files_in_use = db.files_in_use
+
+        async def files_in_use_then_pause(c: object, **kw: object) -> set[str]:
+            found = await real_files_in_use(c, **kw)  # type: ignore[arg-type]
+            read_done.set()
+            await go.wait()
+            return found
+
+        monkeypatch.setattr(db, "files_in_use", files_in_use_then_pause)
+        sweep = asyncio.create_task(sweeper.sweep(now=now))
+        await read_done.wait()
+        with claims.hold([picture]):
+            assert picture.exists()
+            await make_job(conn, init_image=str(picture))  # committed while the sweep waits
+        go.set()
+        result = await sweep
+        assert result.deleted == 0 and picture.exists()
+        # The next sweep sees the job in the database.
+        monkeypatch.setattr(db, "files_in_use", real_files_in_use)
+        assert (await sweeper.sweep(now=now)).deleted == 0 and picture.exists()
     finally:
         await conn.close()
 
@@ -196,3 +265,79 @@ async def test_expired_picture_says_so_on_its_buttons(harness: Harness) -> None:
     assert not (await reroll.wait_for_callback()).json["data"].get("flags", 0) & 64
     rerolled = await harness.job_of(reroll)
     await harness.wait_job_status(rerolled.id, "done")
+
+
+@pytest.mark.parametrize("job_made", [False, True], ids=["before-the-job", "after-the-job"])
+async def test_a_saved_attachment_is_removed_or_handed_over_when_submit_raises(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, job_made: bool
+) -> None:
+    """Anything failing after the file was saved: without a job the file goes; when the job
+    row was made before the failure, the file stays for it."""
+    fake, jobs = harness.fake, harness.bot.jobs
+    real_submit = jobs.submit
+
+    async def failing_submit(*args: object, **kwargs: object) -> object:
+        if job_made:
+            await real_submit(*args, **kwargs)  # type: ignore[arg-type]
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(jobs, "submit", failing_submit)
+    handle = await fake.send_slash_command(
+        "imagine",
+        {"prompt": "from my picture", "steps": 2},
+        attachments={"init_image": fake.make_attachment(png_file(), "start.png")},
+    )
+    # The error answer: the original (still "thinking") or, after the job's answer, a followup.
+    await fake.wait_until(
+        lambda: any(
+            m is not None and "went wrong" in m.content
+            for m in (handle.original, *handle.followups)
+        ),
+        timeout=30,
+        what="the error answer",
+    )
+    assert cdn_downloads(harness) == 1
+    saved = files_in(harness.settings.input_dir)
+    if not job_made:
+        assert saved == []
+        assert (await db.queue_stats(harness.conn)).queued == 0
+        return
+    job = await harness.job_of(handle)
+    assert [str(p) for p in saved] == [job.init_image]
+    assert (await harness.wait_job_status(job.id, "done", "failed")).status == "done"
+
+
+async def test_a_variation_admitted_during_a_sweep_keeps_its_picture(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep has read the files in use; the user presses Variation on a 40-day-old
+    picture before the sweep deletes: the picture stays and the variation paints from it."""
+    fake = harness.fake
+    handle = await harness.imagine(prompt="an old picture", steps=2)
+    final = await handle.wait_for_original(is_final, timeout=60)
+    parent = await harness.wait_job_status((await harness.job_of(handle)).id, "done")
+    assert parent.output_path is not None
+    now = time.time()
+    old = now - 40 * DAY
+    os.utime(parent.output_path, (old, old))
+
+    read_done, go = asyncio.Event(), asyncio.Event()
+    real_files_in_use = db.files_in_use
+
+    async def files_in_use_then_pause(conn: object, **kw: object) -> set[str]:
+        found = await real_files_in_use(conn, **kw)  # type: ignore[arg-type]
+        if not go.is_set():
+            read_done.set()
+            await go.wait()
+        return found
+
+    monkeypatch.setattr(db, "files_in_use", files_in_use_then_pause)
+    sweep = asyncio.create_task(harness.bot.retention.sweep(now=now))
+    await read_done.wait()
+    click = await fake.click_button(final, f"job:{parent.id}:variation")
+    variation = await harness.job_of(click)  # its row is committed
+    go.set()
+    result = await sweep
+    assert is_file(parent.output_path) and result.expired_jobs == 0
+    done = await harness.wait_job_status(variation.id, "done", "failed")
+    assert done.status == "done" and done.init_image == parent.output_path
