@@ -102,7 +102,7 @@ class Settings:
     retention_max_gb: float = 20.0
     # Retention of database rows (the same hourly sweep): finished jobs older than
     # job_rows_days and moderation log entries older than modlog_days are deleted (0: keep).
-    # Interaction tokens of finished jobs are cleared as soon as they have expired.
+    # Interaction tokens are cleared once the picture is delivered or the token has expired.
     job_rows_days: float = 90.0
     modlog_days: float = 365.0
     # Refused prompts recorded in the moderation log per user per hour; more refusals are
