@@ -178,7 +178,12 @@ async def test_one_cancel_cancels_the_whole_group(make_harness: Any) -> None:
     harness: Harness = await make_harness(GpuWorker("tiny", batch_size=2))
     handle = await harness.imagine(prompt="a slow sea", steps=400, count=2)
     leader = await harness.job_of(handle)
-    running = await handle.wait_for_original(lambda m: "Painting" in m.content, timeout=60)
+    running = await handle.wait_for_original(
+        lambda m: any(a.filename == f"progress-{leader.id}.png" for a in m.attachments), timeout=60
+    )
+    assert running.content.startswith("Painting 2 pictures: step")
+    # The preview is a grid of both pictures' latest frames (64x64 each, side by side).
+    assert png_size(running.attachment_data(0)) == (4 + 2 * 68, 4 + 68)
     assert running.custom_ids() == [f"job:{leader.id}:cancel"]
     click = await harness.fake.click_button(running, f"job:{leader.id}:cancel")
     assert (await click.wait_for_callback()).ok
@@ -212,7 +217,7 @@ async def test_a_group_half_done_at_a_restart_resumes_and_is_delivered_once(
     make_harness: Any,
 ) -> None:
     first: Harness = await make_harness(GpuWorker("tiny"))
-    handle = await first.imagine(prompt="a night train", steps=150, seed=5, count=2)
+    handle = await first.imagine(prompt="a night train", steps=80, seed=5, count=2)
     leader = await first.job_of(handle)
     # Batch size 1 (the CPU default): the pictures paint one after the other. Stop the bot
     # once the first is done and the second paints.
