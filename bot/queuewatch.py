@@ -61,17 +61,20 @@ class QueueWatcher:
         self._task = asyncio.create_task(self._loop(), name="queue-positions")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        task, self._task = self._task, None
+        # Cancelled again until it ends: on Python 3.11 a cancel that lands as the task's
+        # awaited event is set can be lost (asyncio.wait_for then returns instead of raising).
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._poke.wait(), self.POLL_SECONDS)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # arrives together with a poke (a job ending as the bot closes), and close hung.
+                async with asyncio.timeout(self.POLL_SECONDS):
+                    await self._poke.wait()
             except TimeoutError:
                 pass
             self._poke.clear()

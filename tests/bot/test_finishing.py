@@ -69,10 +69,6 @@ async def test_a_database_locked_for_a_moment_is_waited_out(
     assert failures == [] and row.output_path and is_file(row.output_path)
 
 
-@pytest.mark.skip(
-    reason="its assertions pass, but the harness's teardown then hangs while discord.py "
-    "reconnects to the stopped fake; open until the teardown is fixed"
-)
 async def test_a_database_that_stays_locked_fails_the_job_with_a_message(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

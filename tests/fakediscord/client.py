@@ -87,6 +87,12 @@ async def running_client(
         yield client
     finally:
         ready.cancel()
-        await client.close()
+        # Bounded: a close that hangs (a background task of the bot that ignores its cancel)
+        # fails the test with a message instead of hanging the run until pytest-timeout.
+        try:
+            await asyncio.wait_for(client.close(), timeout)
+        except TimeoutError:
+            task.cancel()
+            raise AssertionError(f"the client did not close within {timeout} s") from None
         # Re-raises an error the client died of while the test ran.
         await asyncio.wait_for(task, timeout)
