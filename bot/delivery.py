@@ -145,6 +145,7 @@ class Delivery:
         # The one reply of several pictures asked for together (/imagine count:N).
         self.groups = GroupReplies(conn, replies)
         self.groups.on_unchecked = self.recheck_later
+        self.groups.on_undelivered = self.retry_later
 
     async def deliver(self, job: Job, rendered: Rendered) -> bool:
         """Send the final edit of a job that is 'done' with delivery 'pending'; True if it

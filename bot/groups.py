@@ -68,6 +68,8 @@ class GroupReplies:
         self._finals: set[int] = set()
         # Called with a picture whose image check could not run (checked again later).
         self.on_unchecked: Callable[[int], None] | None = None
+        # Called with a picture of a group whose final did not land (sent again later).
+        self.on_undelivered: Callable[[int], None] | None = None
         # Observers (tests): called with (group id, landed) after each final message.
         self.on_final: list[Callable[[int, bool], None]] = []
 
@@ -179,6 +181,9 @@ class GroupReplies:
                 self._finals.pop()
             for row in open_rows:
                 await self._record(row.id, landed)
+            if not landed and open_rows and not redelivery and self.on_undelivered is not None:
+                # One retry for the group (a redelivery retries by itself).
+                self.on_undelivered(open_rows[0].id)
             for row in rows:
                 if row.status == "done" and row.image_verdict == "unchecked":
                     if self.on_unchecked is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -238,3 +239,30 @@ async def test_a_group_half_done_at_a_restart_resumes_and_is_delivered_once(
         if any(a.filename.startswith("imagine-grid-") for a in rev.attachments)
     ]
     assert len(grids) == 1  # delivered once
+
+
+def is_group_final_edit(call: Any) -> bool:
+    return call.name in ("edit_webhook_message", "edit_message") and "imagine-grid-" in json.dumps(
+        call.json or {}
+    )
+
+
+async def test_a_group_whose_final_did_not_land_is_sent_again_once(make_harness: Any) -> None:
+    harness: Harness = await make_harness(
+        GpuWorker("tiny", batch_size=2), final_edit_attempts=1, redeliver_after=0.2
+    )
+    # Every try of the group's final inside discord.py's retries is refused once: the reporter
+    # gives up, the pictures are undelivered, and the delivery sends the group again.
+    storm = harness.fake.rate_limit_next(is_group_final_edit, count=5, retry_after=0.01)
+    handle = await harness.imagine(prompt="through an outage", steps=4, count=2)
+    leader = await harness.job_of(handle)
+    final = await handle.wait_for_original(is_group_final, timeout=60)
+    rows = await delivered_group(harness, leader.id)
+    assert len(storm.hits) == 5
+    assert all(r.delivery == "delivered" and r.delivery_attempts == 2 for r in rows)
+    grids = [
+        r
+        for r in final.revisions
+        if any(a.filename.startswith("imagine-grid-") for a in r.attachments)
+    ]
+    assert len(grids) == 1 and len(final.attachments) == 3
