@@ -45,8 +45,12 @@ def seeds_text(rows: Sequence[Job]) -> str:
 
 
 def _fields(leader: Job, rows: Sequence[Job]) -> tuple[tuple[str, str, bool], ...]:
+    # Without the rows at hand (the acknowledgement), the seeds follow from the leader's.
+    seeds = seeds_text(rows) or ", ".join(
+        str(leader.seed + i) for i in range(max(1, leader.group_size))
+    )
     return (
-        ("Seeds", seeds_text(rows) or str(leader.seed), True),
+        ("Seeds", seeds, True),
         ("Steps", str(leader.steps), True),
         ("Generator", leader.generator, True),
         ("Size", f"{leader.width}×{leader.height}", True),

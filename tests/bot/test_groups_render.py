@@ -114,6 +114,14 @@ def test_group_buttons_are_a_reroll_row_and_a_variation_row_naming_each_pictures
         job_view(10, BUTTONS_GROUP, tuple((i, i) for i in range(1, 7)))
 
 
+def test_the_acknowledgement_names_every_seed() -> None:
+    leader = group(["queued", "queued", "queued"])[0]
+    rendered = grouprender.queued(leader, 2)  # type: ignore[arg-type]
+    assert rendered.content == "Queued 3 pictures: #2 in line."
+    assert rendered.embed is not None and ("Seeds", "100, 101, 102", True) in rendered.embed.fields
+    assert rendered.waiting and rendered.job_id == 10
+
+
 def test_running_shows_the_slowest_picture_and_the_failed_ones() -> None:
     rows = group(["running", "running", "failed"])
     steps = {10: grouprender.Step(4, 8, 2.0), 11: grouprender.Step(2, 8, 6.0)}
