@@ -231,6 +231,7 @@ class Admission:
         *,
         known_generators: tuple[str, ...] = (),
         global_queue_cap: int = db.DEFAULT_GLOBAL_QUEUE_CAP,
+        user_limits: db.UserLimits = db.NO_USER_LIMITS,
         limits: BotLimits | None = None,
         refusals: RefusalLog | None = None,
     ) -> None:
@@ -240,9 +241,13 @@ class Admission:
         self.limits = limits if limits is not None else BotLimits()
         self._known_generators = known_generators
         self._global_queue_cap = global_queue_cap
+        # One user's limits across every server and DM (the operator's settings).
+        self._user_limits = user_limits
         # A burst of commands commits its job rows together (group commit), each caller
         # answered once its own row is stored.
-        self._admitter = db.JobAdmitter(conn, global_queue_cap=global_queue_cap)
+        self._admitter = db.JobAdmitter(
+            conn, global_queue_cap=global_queue_cap, user_limits=user_limits
+        )
 
     def check_parameters(self, spec: JobSpec) -> None:
         """Step 1: the bot's limits, then the engine's checks; raises Refused with its
@@ -277,7 +282,12 @@ class Admission:
     async def check_standing(self, spec: JobSpec) -> None:
         """Bans and limits, read only (``create_job`` checks them again with the insert)."""
         try:
-            await db.check_admissible(self._conn, spec, global_queue_cap=self._global_queue_cap)
+            await db.check_admissible(
+                self._conn,
+                spec,
+                global_queue_cap=self._global_queue_cap,
+                user_limits=self._user_limits,
+            )
         except db.AdmissionRefused as error:
             raise Refused(Refusal(error.message)) from None
 
@@ -296,7 +306,12 @@ class Admission:
             self.check_parameters(spec)
         await self.check_policy(specs[0])
         try:
-            return await db.admit_group(self._conn, specs, global_queue_cap=self._global_queue_cap)
+            return await db.admit_group(
+                self._conn,
+                specs,
+                global_queue_cap=self._global_queue_cap,
+                user_limits=self._user_limits,
+            )
         except db.AdmissionRefused as error:
             raise Refused(Refusal(error.message)) from None
         except ValueError as error:

@@ -98,6 +98,9 @@ class ImagineBot(commands.Bot):
             self.policy,
             known_generators=settings.generators or worker.generator_names(),
             global_queue_cap=settings.global_queue_cap,
+            user_limits=db.UserLimits(
+                jobs_per_hour=settings.user_jobs_per_hour, waiting=settings.user_waiting
+            ),
             limits=BotLimits(
                 max_steps=settings.max_steps,
                 sizes=tuple(parse_size(size) for size in settings.sizes),

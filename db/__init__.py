@@ -52,6 +52,7 @@ from db.models import (
     JOB_KINDS,
     JOB_STATUSES,
     MATCH_MODES,
+    NO_USER_LIMITS,
     TOKEN_LIFETIME,
     Ban,
     BlockedConcept,
@@ -66,6 +67,7 @@ from db.models import (
     QueueEntry,
     QueueStats,
     User,
+    UserLimits,
 )
 from db.moderation import (
     add_blocked_concept,
@@ -147,8 +149,10 @@ __all__ = [
     "QueueEntry",
     "QueueStats",
     "SchemaError",
+    "NO_USER_LIMITS",
     "User",
     "UserBanned",
+    "UserLimits",
     "add_blocked_concept",
     "add_blocked_term",
     "add_modlog",

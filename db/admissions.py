@@ -27,7 +27,16 @@ import aiosqlite
 from db._rows import fetch_all, fetch_job, job_from_row, now_or, placeholders
 from db.errors import AdmissionRefused, UserBanned
 from db.limits import check_limits
-from db.models import DEFAULT_GLOBAL_QUEUE_CAP, DEFAULT_LIMITS, GuildSettings, Job, JobSpec, Limits
+from db.models import (
+    DEFAULT_GLOBAL_QUEUE_CAP,
+    DEFAULT_LIMITS,
+    NO_USER_LIMITS,
+    GuildSettings,
+    Job,
+    JobSpec,
+    Limits,
+    UserLimits,
+)
 from db.moderation import fetch_ban
 from db.settings import fetch_settings
 from db.transaction import transaction
@@ -96,6 +105,7 @@ async def admit_jobs(
     *,
     default_limits: Limits = DEFAULT_LIMITS,
     global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+    user_limits: UserLimits = NO_USER_LIMITS,
     now: float | None = None,
 ) -> list[Outcome]:
     """Admit and insert ``admits`` in order, in ONE ``BEGIN IMMEDIATE`` transaction; returns,
@@ -113,7 +123,9 @@ async def admit_jobs(
         for admit in admits:
             try:
                 outcomes.append(
-                    await _admit_one(conn, admit, settings, default_limits, global_queue_cap, at)
+                    await _admit_one(
+                        conn, admit, settings, default_limits, global_queue_cap, user_limits, at
+                    )
                 )
             except (AdmissionRefused, ValueError) as error:
                 outcomes.append(error)
@@ -126,6 +138,7 @@ async def _admit_one(
     settings: dict[int | None, GuildSettings],
     default_limits: Limits,
     global_queue_cap: int,
+    user_limits: UserLimits,
     at: float,
 ) -> Job:
     """Checks first, then the writes inside a savepoint: a row refused by a check has written
@@ -140,7 +153,9 @@ async def _admit_one(
         if spec.guild_id not in settings:
             settings[spec.guild_id] = await fetch_settings(conn, spec.guild_id, default_limits)
         limits = settings[spec.guild_id].limits
-        await check_limits(conn, spec.user_id, spec.guild_id, limits, global_queue_cap, at)
+        await check_limits(
+            conn, spec.user_id, spec.guild_id, limits, global_queue_cap, at, 1, user_limits
+        )
     await conn.execute("SAVEPOINT admit")
     try:
         await conn.execute(_COUNT_USER, (spec.user_id, at, at))  # jobs.user_id refers to it
@@ -164,6 +179,7 @@ async def admit_group(
     enforce_limits: bool = True,
     default_limits: Limits = DEFAULT_LIMITS,
     global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+    user_limits: UserLimits = NO_USER_LIMITS,
     now: float | None = None,
 ) -> list[Job]:
     """Admit several pictures of one request (``/imagine count:N``) together or not at all, in
@@ -186,7 +202,14 @@ async def admit_group(
         if enforce_limits:
             limits = (await fetch_settings(conn, first.guild_id, default_limits)).limits
             await check_limits(
-                conn, first.user_id, first.guild_id, limits, global_queue_cap, at, len(specs)
+                conn,
+                first.user_id,
+                first.guild_id,
+                limits,
+                global_queue_cap,
+                at,
+                len(specs),
+                user_limits,
             )
         ids: list[int] = []
         for spec in specs:
@@ -223,6 +246,7 @@ class JobAdmitter:
         *,
         default_limits: Limits = DEFAULT_LIMITS,
         global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+        user_limits: UserLimits = NO_USER_LIMITS,
         max_batch: int = 100,
     ) -> None:
         if max_batch < 1:
@@ -230,6 +254,7 @@ class JobAdmitter:
         self._conn = conn
         self._default_limits = default_limits
         self._global_queue_cap = global_queue_cap
+        self._user_limits = user_limits
         self._max_batch = max_batch
         self._waiting: list[_Waiting] = []
         self._committer: asyncio.Task[None] | None = None
@@ -269,6 +294,7 @@ class JobAdmitter:
                 [w.admit for w in batch],
                 default_limits=self._default_limits,
                 global_queue_cap=self._global_queue_cap,
+                user_limits=self._user_limits,
             )
         except Exception as error:  # nothing of the batch was stored: every caller hears why
             for waiting in batch:

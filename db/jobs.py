@@ -17,10 +17,12 @@ from db.errors import JobNotFound
 from db.models import (
     DEFAULT_GLOBAL_QUEUE_CAP,
     DEFAULT_LIMITS,
+    NO_USER_LIMITS,
     TOKEN_LIFETIME,
     Job,
     JobSpec,
     Limits,
+    UserLimits,
 )
 from db.modlog import insert_modlog
 
@@ -33,6 +35,7 @@ async def create_job(
     *,
     default_limits: Limits = DEFAULT_LIMITS,
     global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+    user_limits: UserLimits = NO_USER_LIMITS,
     enforce_limits: bool = True,
     now: float | None = None,
 ) -> Job:
@@ -50,6 +53,7 @@ async def create_job(
         [Admit(spec, enforce_limits)],
         default_limits=default_limits,
         global_queue_cap=global_queue_cap,
+        user_limits=user_limits,
         now=now,
     )
     if isinstance(outcome, Exception):

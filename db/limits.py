@@ -6,6 +6,8 @@ survive restarts, and need no separate counter to keep in step:
 - jobs per hour: the user's jobs in this guild created in the last hour, except failed ones
   (a failure is the bot's fault); cancelled ones count, or cancel-and-resubmit would dodge it.
 - waiting: queued + running jobs of the user in this guild, of the guild, and of the whole bot.
+- the same user across all guilds and DMs (``UserLimits``, the operator's): jobs per hour and
+  jobs waiting, so joining many servers does not multiply one person's share.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import aiosqlite
 
 from db._rows import fetch_all, fetch_one
 from db.errors import LimitExceeded
-from db.models import Limits
+from db.models import NO_USER_LIMITS, Limits, UserLimits
 
 HOUR = 3600.0
 
@@ -90,6 +92,66 @@ async def _check_hourly(
     )
 
 
+async def _check_user_hourly(
+    conn: aiosqlite.Connection, user_id: int, limit: int, now: float, count: int
+) -> None:
+    rows = await fetch_all(
+        conn,
+        "SELECT created_at FROM jobs WHERE user_id = ? AND created_at > ?"
+        " AND status != 'failed' ORDER BY created_at",
+        (user_id, now - HOUR),
+    )
+    if len(rows) + count <= limit:
+        return
+    room = limit - len(rows)
+    if count > 1 and room > 0:
+        raise LimitExceeded(
+            "user_jobs_per_hour",
+            limit,
+            None,
+            _group_refusal(
+                count,
+                room,
+                f"one person may start {limit} per hour across all servers and you have "
+                f"started {len(rows)}",
+            ),
+        )
+    freeing = rows[max(0, len(rows) - limit)]["created_at"]
+    retry_after = max(0.0, freeing + HOUR - now)
+    raise LimitExceeded(
+        "user_jobs_per_hour",
+        limit,
+        retry_after,
+        f"You have started {_plural(len(rows), 'job')} in the last hour across all servers, "
+        f"the most one person may (the bot allows {limit} per hour wherever you ask). You can "
+        f"start a new one {describe_wait(retry_after)}.",
+    )
+
+
+def _check_user_waiting(waiting: int, limit: int, count: int) -> None:
+    room = limit - waiting
+    if count > 1 and 0 < room < count:
+        raise LimitExceeded(
+            "user_waiting",
+            limit,
+            None,
+            _group_refusal(
+                count,
+                room,
+                f"one person may have {limit} waiting across all servers and you have {waiting}",
+            ),
+        )
+    if waiting + count > limit:
+        raise LimitExceeded(
+            "user_waiting",
+            limit,
+            None,
+            f"You already have {_plural(waiting, 'job')} waiting or running across all servers, "
+            f"the most one person may have at once ({limit}). Try again when one of them "
+            "finishes (see /queue), or cancel one.",
+        )
+
+
 async def check_limits(
     conn: aiosqlite.Connection,
     user_id: int,
@@ -98,20 +160,24 @@ async def check_limits(
     global_queue_cap: int,
     now: float,
     count: int = 1,
+    user_limits: UserLimits = NO_USER_LIMITS,
 ) -> None:
     """Raise ``LimitExceeded`` for the first limit a new job would break. Call it inside a
     ``BEGIN IMMEDIATE`` transaction that then inserts the job, so no other writer can slip a
     job in between the count and the insert. ``count``: pictures asked for together (each
-    one counts); a refusal of several says how many would fit now."""
+    one counts); a refusal of several says how many would fit now. ``user_limits`` bound the
+    user across all guilds; they are checked after this guild's own limits, whose refusals
+    name the server's moderators as the ones to ask."""
     await _check_hourly(conn, user_id, guild_id, limits.jobs_per_hour, now, count)
 
-    # One statement for the three waiting counts: one hop to aiosqlite's thread, not three.
+    # One statement for the waiting counts: one hop to aiosqlite's thread, not four.
     counts = await fetch_one(
         conn,
         "SELECT COALESCE(SUM(user_id = ? AND guild_id IS ?), 0) AS user_waiting,"
+        " COALESCE(SUM(user_id = ?), 0) AS user_waiting_everywhere,"
         " COALESCE(SUM(guild_id IS ?), 0) AS guild_waiting, COUNT(*) AS total_waiting"
         " FROM jobs WHERE status IN ('queued', 'running')",
-        (user_id, guild_id, guild_id),
+        (user_id, guild_id, user_id, guild_id),
     )
     assert counts is not None  # an aggregate always returns one row
     user_waiting = int(counts["user_waiting"])
@@ -141,6 +207,10 @@ async def check_limits(
             f"running, and this server allows {limit} at a time. Try again when one of them "
             "finishes (see /queue), or cancel one.",
         )
+
+    _check_user_waiting(int(counts["user_waiting_everywhere"]), user_limits.waiting, count)
+    if user_limits.jobs_per_hour < NO_USER_LIMITS.jobs_per_hour:
+        await _check_user_hourly(conn, user_id, user_limits.jobs_per_hour, now, count)
 
     if guild_waiting + extra >= limits.waiting_per_guild:
         raise LimitExceeded(

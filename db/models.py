@@ -286,6 +286,19 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """Limits on one user across every guild and DM together (an operator setting): without
+    them a user in many servers gets each server's quota once per server."""
+
+    jobs_per_hour: int = 60
+    waiting: int = 10
+
+
+# The db layer enforces no cross-server limit unless the caller passes one (the bot does).
+NO_USER_LIMITS = UserLimits(jobs_per_hour=10**9, waiting=10**9)
 # The whole bot's queue (all guilds); an operator setting, not a guild one.
 DEFAULT_GLOBAL_QUEUE_CAP = 200
 MAX_LIMIT = 10_000

@@ -15,7 +15,14 @@ from db._rows import now_or
 from db.connection import transaction
 from db.errors import UserBanned
 from db.limits import check_limits
-from db.models import DEFAULT_GLOBAL_QUEUE_CAP, DEFAULT_LIMITS, JobSpec, Limits
+from db.models import (
+    DEFAULT_GLOBAL_QUEUE_CAP,
+    DEFAULT_LIMITS,
+    NO_USER_LIMITS,
+    JobSpec,
+    Limits,
+    UserLimits,
+)
 from db.moderation import fetch_ban
 from db.settings import fetch_settings
 
@@ -26,6 +33,7 @@ async def check_admissible(
     *,
     default_limits: Limits = DEFAULT_LIMITS,
     global_queue_cap: int = DEFAULT_GLOBAL_QUEUE_CAP,
+    user_limits: UserLimits = NO_USER_LIMITS,
     enforce_limits: bool = True,
     now: float | None = None,
 ) -> None:
@@ -40,5 +48,12 @@ async def check_admissible(
         if enforce_limits:
             settings = await fetch_settings(conn, spec.guild_id, default_limits)
             await check_limits(
-                conn, spec.user_id, spec.guild_id, settings.limits, global_queue_cap, at
+                conn,
+                spec.user_id,
+                spec.guild_id,
+                settings.limits,
+                global_queue_cap,
+                at,
+                1,
+                user_limits,
             )

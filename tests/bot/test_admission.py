@@ -248,3 +248,22 @@ def test_info_lines() -> None:
     assert "20 (2 failed, 3 cancelled)" in text
     assert "**Users**: 9" in text and "1 h 2 min" in text
 
+
+async def test_one_user_in_many_servers_shares_one_user_wide_limit(conn: object) -> None:
+    chain = PolicyChain([BlockedTermsPolicy(conn)])  # type: ignore[arg-type]
+    gate = Admission(
+        conn,  # type: ignore[arg-type]
+        chain,
+        known_generators=GENERATORS,
+        user_limits=db.UserLimits(jobs_per_hour=60, waiting=2),
+    )
+    # Each server allows 3 waiting jobs per user; the bot allows 2 per user wherever they ask.
+    await gate.admit(spec(user_id=8, guild_id=GUILD))
+    await gate.admit(spec(user_id=8, guild_id=GUILD + 1))
+    for attempt in (gate.precheck, gate.admit):
+        with pytest.raises(Refused, match="across all servers") as refused:
+            await attempt(spec(user_id=8, guild_id=GUILD + 2))
+        assert "cancel one" in refused.value.refusal.message
+    with pytest.raises(Refused, match="across all servers"):
+        await gate.admit_group([spec(user_id=8, guild_id=GUILD + 3) for _ in range(2)])
+    assert (await gate.admit(spec(user_id=9, guild_id=GUILD + 2))).status == "queued"
