@@ -120,6 +120,7 @@ class Fault:
     watch: set[int] = dataclasses.field(default_factory=set)  # jobs that must come through
     notes: list[str] = dataclasses.field(default_factory=list)
     lost: int = 0
+    acks_missed: int = 0  # commands sent meanwhile that got no answer within Discord's 3 s
 
 
 OTHER_FAULTS = (
@@ -312,8 +313,9 @@ def judge(job: dict[str, Any], message: Any) -> tuple[str | None, str | None]:
         return "failed without a reason", None
     if status == "done" and job["delivery"] != "delivered":
         return f"done, delivery {job['delivery']}", None
-    if status == "done" and not (job["output_path"] and png_ok(job["output_path"])):
-        return "done without a whole PNG on disk", None
+    path = job["output_path"]
+    if status == "done" and path and Path(path).exists() and not png_ok(path):
+        return "done, but its PNG on disk is cut short", None
     told = message is not None and (
         (status == "done" and is_final(message))
         or (status == "failed" and "could not be made" in message.content)
@@ -563,7 +565,9 @@ class Soak:
     # -- the faults -----------------------------------------------------------------------------
 
     def fault_plan(self) -> list[tuple[float, str]]:
-        chosen = self.plan.faults or OTHER_FAULTS + (("ray_actor",) if self.plan.ray else ())
+        # With --ray the jobs paint in Ray's processes, which soak_bot.py's hang does not reach.
+        ray_default = tuple(f for f in OTHER_FAULTS if f != "hang") + ("ray_actor",)
+        chosen = self.plan.faults or (ray_default if self.plan.ray else OTHER_FAULTS)
         names = ["kill9"] * self.plan.kills + [n for n in chosen if n not in ("kill9", "none")]
         if not names:
             return []
@@ -745,7 +749,9 @@ class Soak:
             f"'database is locked' in the log {text.count('database is locked')} times; "
             f"a command sent meanwhile answered {call.status}"
         )
-        return self.bot.starts == starts and self.bot.up.is_set() and bool(call.ok)
+        # Survived: the bot kept running (what the commands sent meanwhile got is counted in
+        # the acks column, what became of their jobs at the end).
+        return self.bot.starts == starts and self.bot.up.is_set()
 
     async def inject_ray_actor(self, fault: Fault) -> bool:
         import psutil
@@ -793,6 +799,11 @@ class Soak:
         handles = {h.id: h for h in self.job_handles}
         lost: dict[int, str] = {}
         not_told: dict[int, str] = {}
+        no_file = [
+            i
+            for i, j in jobs.items()
+            if j["status"] == "done" and not (j["output_path"] and Path(j["output_path"]).exists())
+        ]
         for job_id, job in jobs.items():
             gone, untold = judge(job, self.message_of(job, handles))
             if gone is not None:
@@ -807,11 +818,13 @@ class Soak:
             message = handle.original
             if message is None or message.ephemeral:
                 continue
-            shown = any(
-                i.startswith("job:") for r in message.revisions for i in custom_ids(r.components)
-            )
-            if shown and handle.id not in by_interaction:
-                acked_without_row += 1
+            shown = {
+                int(i.split(":")[1])
+                for r in message.revisions
+                for i in custom_ids(r.components)
+                if i.startswith("job:")
+            }
+            acked_without_row += len(shown - set(jobs))
         unanswered = [h for h in self.job_handles if not h.acknowledged]
         unanswered_with_job = [h for h in unanswered if h.id in by_interaction]
         refused = [
@@ -821,6 +834,12 @@ class Soak:
         ]
         for fault in self.faults.values():
             fault.lost = sum(1 for j in fault.watch if j in lost or j in not_told)
+            fault.acks_missed = sum(
+                1
+                for h in self.job_handles + self.rank_handles
+                if any(a <= h.issued_at <= b for a, b in fault.windows)
+                and (h.ack_latency is None or h.ack_latency > 3.0)
+            )
         acks = [h.ack_latency for h in self.imagine_handles if h.ack_latency is not None]
         ranks_answered = sum(
             1
@@ -845,6 +864,7 @@ class Soak:
             },
             "resumed": sum(1 for j in jobs.values() if j["attempts"] > 1),
             "jobs": len(jobs),
+            "no_file": no_file,
         }
 
     async def stop(self) -> int | None:
@@ -904,13 +924,16 @@ def report(soak: Soak, result: dict[str, Any], drained: bool, stop_code: int | N
         f"  start-up to READY: {', '.join(f'{s:.0f}' for s in soak.bot.start_seconds)} s",
         "",
         "FAULTS",
-        f"  {'fault':34} {'injected':>8} {'survived':>8} {'jobs lost':>9}",
+        f"  {'fault':34} {'injected':>8} {'survived':>8} {'jobs lost':>9} {'acks > 3 s':>10}",
     ]
     for name, label in FAULT_LABELS.items():
         fault = soak.faults.get(name)
         if fault is None:
             continue
-        lines.append(f"  {label:34} {fault.injected:>8} {fault.survived:>8} {fault.lost:>9}")
+        lines.append(
+            f"  {label:34} {fault.injected:>8} {fault.survived:>8} {fault.lost:>9} "
+            f"{fault.acks_missed:>10}"
+        )
     lines.append(
         f"  unexpected exits of the bot: {len(soak.bot.unexpected_exits)} "
         f"{soak.bot.unexpected_exits or ''}".rstrip()
@@ -926,6 +949,11 @@ def report(soak: Soak, result: dict[str, Any], drained: bool, stop_code: int | N
         f"RESULT: jobs lost {len(lost) + result['acked_without_row']}, users not told "
         f"{len(not_told)}",
     ]
+    if result["no_file"]:
+        lines.append(
+            f"  defect: {len(result['no_file'])} done jobs delivered (from memory) whose row "
+            f"names a PNG that is not on disk: jobs {result['no_file'][:10]}"
+        )
     for job_id, why in list(lost.items())[:10]:
         lines.append(f"  lost job {job_id}: {why}")
     for job_id, why in list(not_told.items())[:10]:

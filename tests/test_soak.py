@@ -71,7 +71,7 @@ def test_an_undelivered_or_broken_picture_is_lost(picture: str, tmp_path: Path) 
     cut = tmp_path / "cut.png"
     cut.write_bytes(Path(picture).read_bytes()[:40])  # a PNG cut short by a full disk
     lost, _ = judge(row(output_path=str(cut)), final_message())
-    assert lost == "done without a whole PNG on disk"
+    assert lost == "done, but its PNG on disk is cut short"
 
 
 def test_an_ending_the_user_never_saw_is_reported() -> None:
