@@ -56,8 +56,9 @@ class LimitExceeded(AdmissionRefused):
     """A queue limit was hit.
 
     ``limit_name`` is one of ``jobs_per_hour``, ``waiting_per_user``, ``waiting_per_guild``,
-    ``global_queue_cap``, ``user_jobs_per_hour``, ``user_waiting`` (the last two across guilds); ``limit_value`` the limit in force; ``retry_after`` the seconds until a
-    new job would be admitted when that can be known (the hourly limit), else None.
+    ``global_queue_cap``, ``user_jobs_per_hour``, ``user_waiting`` (the last two across guilds);
+    ``limit_value`` the limit in force; ``retry_after`` the seconds until a new job would be
+    admitted when that can be known (the hourly limits), else None.
     """
 
     def __init__(
