@@ -23,6 +23,7 @@ from discord.ext import commands
 import db
 from bot import render
 from bot.attachments import AttachmentError, check_declared, decode_check, download
+from bot.thumbnails import shrink_for_clip
 from generation.errors import GenerationError
 from generation.workers import WorkerBusy
 
@@ -182,10 +183,16 @@ class RankCog(commands.Cog):
             what="image",
             origins=settings.attachment_origins,
         )
-        await asyncio.to_thread(
-            decode_check, data, max_pixels=settings.max_image_pixels, what="image"
-        )
-        return await self.bot.worker.rank_captions(data, captions)
+        # Checked, decoded and made small in a thread here, so the painting thread only decodes
+        # a small PNG between two steps of the running job (bot/thumbnails.py).
+        small = await asyncio.to_thread(_checked_small, data, settings.max_image_pixels)
+        return await self.bot.worker.rank_captions(small, captions)
+
+
+def _checked_small(data: bytes, max_pixels: int) -> bytes:
+    """The upload after the full decode check, shrunk for CLIP (call it in a thread)."""
+    decode_check(data, max_pixels=max_pixels, what="image")
+    return shrink_for_clip(data)
 
 
 async def setup(bot: "ImagineBot") -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
+from PIL import Image
 
 import db
 from bot.exts.rank import MAX_CAPTIONS, CaptionError, parse_captions, ranking_lines
+from bot.thumbnails import CLIP_SIDE
 from tests.bot.conftest import Harness
 from tests.fakediscord.tinybot import make_png
 
@@ -93,3 +96,29 @@ async def test_banned_users_cannot_rank(harness: Harness) -> None:
     message = await handle.wait_for_original()
     assert message.ephemeral and "banned" in message.content
     assert fake.calls_matching("cdn_attachment") == []
+
+
+async def test_a_large_upload_reaches_the_worker_already_small(harness: Harness) -> None:
+    # Decoding a big upload on the painting thread would pause the running job: the worker
+    # must get a picture already shrunk to CLIP's scale.
+    fake = harness.fake
+    await fake.wait_for_commands("rank")
+    worker = harness.bot.worker
+    received: list[bytes] = []
+    original = worker.rank_captions
+
+    async def recording(image: bytes, captions: list[str]) -> list[tuple[str, float]]:
+        received.append(image)
+        return await original(image, captions)
+
+    worker.rank_captions = recording  # type: ignore[method-assign]
+    big = make_png(1800, 1200, (30, 200, 30))
+    handle = await fake.send_slash_command(
+        "rank", {"image": fake.make_attachment(big, "big.png"), "captions": "green | red"}
+    )
+    reply = await handle.wait_for_original(lambda m: bool(m.embeds), timeout=WAIT)
+    assert len(reply.embeds[0]["description"].split("\n")) == 2
+    [image] = received
+    with Image.open(io.BytesIO(image)) as shrunk:
+        assert min(shrunk.size) <= CLIP_SIDE
+        assert shrunk.size == (672, CLIP_SIDE)  # aspect kept
