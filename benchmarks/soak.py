@@ -247,7 +247,7 @@ class BotProcess:
 
 JOB_COLUMNS = (
     "id, kind, status, error, interaction_id, delivery, created_at, started_at, finished_at, "
-    "attempts, reply_message_id, channel_message_id, output_path, prompt, user_id"
+    "attempts, reply_message_id, channel_message_id, output_path, prompt, user_id, expired_at"
 )
 
 
@@ -799,11 +799,15 @@ class Soak:
         handles = {h.id: h for h in self.job_handles}
         lost: dict[int, str] = {}
         not_told: dict[int, str] = {}
-        no_file = [
+        # A picture shown from memory when its save failed is recorded as gone (expired_at),
+        # so /repost and Variation say so; a missing file not recorded so is a defect.
+        missing = [
             i
             for i, j in jobs.items()
             if j["status"] == "done" and not (j["output_path"] and Path(j["output_path"]).exists())
         ]
+        no_file = [i for i in missing if jobs[i]["expired_at"] is None]
+        from_memory = [i for i in missing if jobs[i]["expired_at"] is not None]
         for job_id, job in jobs.items():
             gone, untold = judge(job, self.message_of(job, handles))
             if gone is not None:
@@ -865,6 +869,7 @@ class Soak:
             "resumed": sum(1 for j in jobs.values() if j["attempts"] > 1),
             "jobs": len(jobs),
             "no_file": no_file,
+            "from_memory": from_memory,
         }
 
     async def stop(self) -> int | None:
@@ -949,10 +954,15 @@ def report(soak: Soak, result: dict[str, Any], drained: bool, stop_code: int | N
         f"RESULT: jobs lost {len(lost) + result['acked_without_row']}, users not told "
         f"{len(not_told)}",
     ]
+    if result["from_memory"]:
+        lines.append(
+            f"  delivered from memory (save failed; recorded as expired): jobs "
+            f"{result['from_memory'][:10]}"
+        )
     if result["no_file"]:
         lines.append(
             f"  defect: {len(result['no_file'])} done jobs delivered (from memory) whose row "
-            f"names a PNG that is not on disk: jobs {result['no_file'][:10]}"
+            f"names a PNG that is not on disk and not recorded as gone: jobs {result['no_file'][:10]}"
         )
     for job_id, why in list(lost.items())[:10]:
         lines.append(f"  lost job {job_id}: {why}")
