@@ -960,6 +960,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m generation.train clipgen",
         description="Train a CLIP-GEN text-to-image model from pictures alone (no captions).",
     )
+
+    def setting(flag: str, kind: type, text: str | None = None) -> None:
+        """``flag`` sets the TrainSettings field of its name (--batch-size: batch_size) and
+        defaults to that field's default."""
+        field = flag.removeprefix("--").replace("-", "_")
+        p.add_argument(flag, type=kind, default=getattr(defaults, field), help=text)
+
     p.add_argument(
         "--models",
         default=os.environ.get("IMAGINE_MODELS"),
@@ -973,7 +980,7 @@ def build_parser() -> argparse.ArgumentParser:
         'shards ("shard-{000000..000099}.tar")',
     )
     p.add_argument("--out", required=True, type=Path, help="model dir (cache, checkpoints, model)")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="default %(default)s")
+    setting("--steps", int, "default %(default)s")
     p.add_argument("--preset", default=defaults.preset, choices=list(cg.PRESETS))
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument(
@@ -989,53 +996,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prefix", type=int, help="override the preset")
     p.add_argument("--dropout", type=float, help="override the preset")
     p.add_argument("--lr", type=float, help="peak learning rate (default by preset)")
-    p.add_argument("--min-lr-ratio", type=float, default=defaults.min_lr_ratio)
-    p.add_argument("--warmup", type=int, default=defaults.warmup, help="default %(default)s")
-    p.add_argument(
+    setting("--min-lr-ratio", float)
+    setting("--warmup", int, "default %(default)s")
+    setting(
         "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="global batch over all processes and micro-batches (default %(default)s)",
+        int,
+        "global batch over all processes and micro-batches (default %(default)s)",
     )
-    p.add_argument(
-        "--accum",
-        type=int,
-        default=defaults.accum,
-        help="micro-batches per step in each process (gradient accumulation; default 1)",
+    setting(
+        "--accum", int, "micro-batches per step in each process (gradient accumulation; default 1)"
     )
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
-    p.add_argument(
+    setting("--weight-decay", float)
+    setting("--grad-clip", float)
+    setting(
         "--noise",
-        type=float,
-        default=defaults.noise,
-        help="LAFITE noise: mix each embedding with up to this much of a random direction "
+        float,
+        "LAFITE noise: mix each embedding with up to this much of a random direction "
         "(default %(default)s)",
     )
-    p.add_argument(
+    setting(
         "--cond-dropout",
-        type=float,
-        default=defaults.cond_dropout,
-        help="share of examples trained without their condition, for classifier-free "
+        float,
+        "share of examples trained without their condition, for classifier-free "
         "guidance at sampling (default %(default)s; 0: none)",
     )
-    p.add_argument(
+    setting(
         "--recon-weight",
-        type=float,
-        default=defaults.recon_weight,
-        help="weight of the embedding-reconstruction loss (paper: 0.2; default off)",
+        float,
+        "weight of the embedding-reconstruction loss (paper: 0.2; default off)",
     )
-    p.add_argument(
+    setting(
         "--recon-images",
-        type=int,
-        default=defaults.recon_images,
-        help="pictures per micro-batch the reconstruction loss decodes (default %(default)s)",
+        int,
+        "pictures per micro-batch the reconstruction loss decodes (default %(default)s)",
     )
-    p.add_argument(
+    setting(
         "--ema",
-        type=float,
-        default=defaults.ema,
-        help="EMA decay of the weights, saved beside them and used for sampling "
+        float,
+        "EMA decay of the weights, saved beside them and used for sampling "
         "(default %(default)s; 0: none)",
     )
     p.add_argument(
@@ -1049,19 +1047,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute activations in the backward pass (less memory, about 30%% slower)",
     )
-    p.add_argument(
+    setting(
         "--workers",
-        type=int,
-        default=defaults.workers,
-        help="DataLoader processes decoding pictures for the cache (default %(default)s)",
+        int,
+        "DataLoader processes decoding pictures for the cache (default %(default)s)",
     )
-    p.add_argument("--prefetch", type=int, default=defaults.prefetch)
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--sample-every", type=int, default=defaults.sample_every)
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    setting("--prefetch", int)
+    setting("--val-fraction", float)
+    setting("--log-every", int)
+    setting("--eval-every", int)
+    setting("--sample-every", int)
+    setting("--checkpoint-every", int)
+    setting("--keep-checkpoints", int)
     p.add_argument(
         "--prompt",
         dest="prompts",
@@ -1071,7 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", help="WxH pictures (default: the models TOML's [defaults] size)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    setting("--seed", int)
     p.add_argument(
         "--tensorboard", action="store_true", help="also log to out/tensorboard (if installed)"
     )
