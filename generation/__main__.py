@@ -9,6 +9,8 @@ Exit codes: 0 done, 1 the run failed (missing weights, out of memory, ...), 2 ba
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import logging
 import os
 import random
@@ -17,7 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from generation.errors import BadRequest, GenerationCancelled, GenerationError
+from generation.generators import generator_names
+from generation.png import encode_png
 from generation.prompts import parse_prompts
 from generation.request import (
     MAX_SEED,
@@ -34,6 +40,9 @@ log = logging.getLogger("generation")
 
 # Used for what neither the command line nor the models file's [defaults] table says.
 DEFAULTS = {"steps": 250, "size": "256x256", "cutn": 32, "generator": "vqgan"}
+# Output file suffix -> PIL format. PNG keeps the settings in text chunks, JPEG in its comment.
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+JPEG_QUALITY = 95
 
 
 class UsageError(Exception):
@@ -54,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "IMAGINE_MODELS names the models TOML (or 'tiny').",
     )
     parser.add_argument("prompt", help="what to paint, e.g. 'a lighthouse in a storm'")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="file to write: .png (with the "
+        "settings in its metadata) or .jpg/.jpeg (settings in its comment)",
+    )  # fmt: skip
     parser.add_argument(
         "--steps", type=int, help=f"optimisation steps (default {DEFAULTS['steps']})"
     )
@@ -79,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("IMAGINE_MODELS"),
         help="models TOML file or 'tiny' (default: $IMAGINE_MODELS, else the built-in models)",
     )
-    parser.add_argument("--generator", help=f"generator (default {DEFAULTS['generator']})")
+    parser.add_argument(
+        "--generator",
+        help=f"one of {', '.join(generator_names())} (default: the models file's [defaults], "
+        f"else {DEFAULTS['generator']})",
+    )
     parser.add_argument("--init-image", type=str, help="start from this image file")
     parser.add_argument(
         "--init-weight", type=float, default=0.0, help="keep pulling toward the init image"
@@ -172,7 +188,26 @@ def request_from_args(
 
 
 def frame_path(output: Path, step: int) -> Path:
-    return output.with_name(f"{output.stem}-{step:04d}{output.suffix or '.png'}")
+    return output.with_name(f"{output.stem}-{step:04d}{output.suffix}")
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output name whose format we do not write, before any model loads."""
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise BadRequest(
+            f"cannot write {output.name!r}: give -o a file name ending in "
+            f"{', '.join(OUTPUT_FORMATS)}"
+        )
+
+
+def encode_image(image: Image.Image, metadata: dict[str, str], output: Path) -> bytes:
+    """The picture in the format of ``output``'s suffix, its settings kept inside."""
+    if OUTPUT_FORMATS[output.suffix.lower()] == "PNG":
+        return encode_png(image, metadata)
+    out = io.BytesIO()
+    comment = json.dumps(metadata, ensure_ascii=False)
+    image.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY, comment=comment)
+    return out.getvalue()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = ModelsConfig.load(args.models)
         request = request_from_args(args, config.defaults)
-        check_request(request)
+        check_request(request, known_generators=generator_names())
+        check_output(args.output)
     except (UsageError, BadRequest) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -210,7 +246,7 @@ def _run(args: argparse.Namespace, request: GenerationRequest, config: ModelsCon
 
     from generation.engine import generate
     from generation.models import ModelStore
-    from generation.png import encode_png, request_metadata
+    from generation.png import request_metadata
 
     store = ModelStore(config, args.device)
     print(f"seed {request.seed}, {store.device}, models {store.describe()}", file=sys.stderr)
@@ -229,14 +265,15 @@ def _run(args: argparse.Namespace, request: GenerationRequest, config: ModelsCon
         if args.save_every and progress.step % args.save_every == 0:
             meta = request_metadata(request, store.describe(), request.generator)
             meta["step"] = str(progress.step)
-            frame_path(args.output, progress.step).write_bytes(encode_png(progress.image, meta))
+            frame = frame_path(args.output, progress.step)
+            frame.write_bytes(encode_image(progress.image, meta, frame))
 
     try:
         result = generate(request, store, RunControl(on_progress=on_progress))
     finally:
         bar.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(encode_png(result.image, result.metadata))
+    args.output.write_bytes(encode_image(result.image, result.metadata, args.output))
     score = "n/a" if result.clip_score is None else f"{result.clip_score:.3f}"
     print(
         f"wrote {args.output} ({result.steps_done} steps in {result.elapsed:.1f} s, "

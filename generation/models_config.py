@@ -28,6 +28,10 @@ AUTOCAST_CHOICES = ("auto", "bf16", "fp16", "off")
 CUDNN_CHOICES = ("auto", "on", "off")
 # Request settings a models file may default (the CLI and the bot use them when not given).
 DEFAULT_KEYS = ("steps", "size", "cutn", "generator")
+# Every top-level key a models file may hold; anything else is a typo and is refused.
+TOP_LEVEL_KEYS = (
+    "clip", "generators", "defaults", "cache_dir", "download", "cuda", "tiny", "max_resident",
+)  # fmt: skip
 # The generator requests use when neither the request nor [defaults] names one.
 FALLBACK_GENERATOR = "vqgan"
 # open_clip's own folder format: open_clip_config.json plus the weights, named as a model.
@@ -35,6 +39,31 @@ LOCAL_DIR = "local-dir:"
 # Models kept in memory besides CLIP (which always stays); see ModelStore.
 DEFAULT_MAX_RESIDENT = 2
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_defaults(defaults: Mapping[str, Any], where: str) -> None:
+    """[defaults] values of the right type, so a typo fails when the file is read, in one line
+    naming the key and the file, not as a traceback at the first request."""
+    for key in ("steps", "cutn"):
+        value = defaults.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise BadRequest(
+                f"{where}: [defaults] {key} must be a whole number, e.g. {key} = 250, not {value!r}"
+            )
+    size = defaults.get("size")
+    if size is not None and not (
+        (isinstance(size, int) and not isinstance(size, bool))
+        or (isinstance(size, str) and re.fullmatch(r"\d+(x\d+)?", size.strip().lower()))
+    ):
+        raise BadRequest(
+            f'{where}: [defaults] size must be "WxH" or a side, e.g. size = "256x256", not {size!r}'
+        )
+    generator = defaults.get("generator")
+    if generator is not None and not isinstance(generator, str):
+        raise BadRequest(
+            f'{where}: [defaults] generator must be a name, e.g. generator = "vqgan", not '
+            f"{generator!r}"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -155,6 +184,12 @@ class ModelsConfig:
         if not isinstance(clips, list) or not clips:
             raise BadRequest(f"{where} needs at least one [[clip]] table naming an open_clip model")
         specs = tuple(_clip_spec(item, base_dir, where) for item in clips)
+        unknown_keys = sorted(set(data) - set(TOP_LEVEL_KEYS))
+        if unknown_keys:
+            raise BadRequest(
+                f"{where}: unknown top-level key {unknown_keys[0]!r}; a models file holds only "
+                f"{', '.join(TOP_LEVEL_KEYS)} (see docs/models.md)"
+            )
         if sum(s.weight for s in specs) <= 0:
             raise BadRequest(f"{where}: the [[clip]] weights must add up to more than 0")
         generators = data.get("generators", {})
@@ -170,6 +205,7 @@ class ModelsConfig:
                 f"{where}: [defaults] may only set {', '.join(DEFAULT_KEYS)}, not "
                 f"{', '.join(sorted(unknown))}"
             )
+        _check_defaults(defaults, where)
         max_resident = data.get("max_resident", DEFAULT_MAX_RESIDENT)
         if isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1:
             raise BadRequest(f"{where}: max_resident must be a whole number of 1 or more")
