@@ -24,6 +24,7 @@ from discord.ext import commands
 import db
 from bot.admission import Admission, BlockedTermsPolicy, BotLimits, PolicyChain
 from bot.delivery import Delivery
+from bot.dms import DmSender
 from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
 from bot.progress import ReplyManager
@@ -38,7 +39,13 @@ from generation.workers import Workers
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.imagine", "bot.exts.info", "bot.exts.repost", "bot.exts.help")
+EXTENSIONS = (
+    "bot.exts.imagine",
+    "bot.exts.info",
+    "bot.exts.repost",
+    "bot.exts.help",
+    "bot.exts.dms",
+)
 # Written by the moderation work; loaded when it is there.
 OPTIONAL_EXTENSIONS = ("bot.exts.moderation", "bot.exts.rank")  # moderation helper: + rank
 
@@ -88,6 +95,7 @@ class ImagineBot(commands.Bot):
             retry_after=settings.redeliver_after,
             max_attempts=settings.redeliver_attempts,
         )
+        self.delivery.dms = DmSender(conn, self)
         self.policy = PolicyChain([BlockedTermsPolicy(conn)])
         # Refused prompts logged per user per hour; the rest are counted (retention flushes).
         self.refusals = RefusalLog(conn, settings.refusals_logged_per_hour)

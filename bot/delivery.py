@@ -29,6 +29,7 @@ import aiosqlite
 
 import db
 from bot import render
+from bot.dms import DmSender
 from bot.groups import GroupReplies
 from bot.progress import ReplyManager
 from bot.render import Rendered
@@ -138,6 +139,9 @@ class Delivery:
         # The image check, tried again on pictures it could not check (the scheduler sets it).
         self.recheck: Callable[[Job, bytes], Awaitable[str]] | None = None
         self.recheck_delays: tuple[float, ...] = RECHECK_DELAYS
+        # The copy for the requester's DMs (/imagine dm, /dms), sent before the final edit
+        # (the client sets it; without it nothing is sent to DMs).
+        self.dms: DmSender | None = None
         # Observers (tests): called with (job id, landed) after each attempt, and with the job
         # id when the bot gives up on delivering a picture.
         self.on_attempt: list[Callable[[int, bool], None]] = []
@@ -150,7 +154,7 @@ class Delivery:
     async def deliver(self, job: Job, rendered: Rendered) -> bool:
         """Send the final edit of a job that is 'done' with delivery 'pending'; True if it
         landed, else it is marked undelivered and retried in the background."""
-        landed = await self._replies.finish(job, rendered)
+        landed = await self._replies.finish(job, await self._with_dm(job, rendered))
         await self._record(job.id, landed)
         if not landed:
             self._schedule(job.id, self.retry_after)
@@ -201,6 +205,9 @@ class Delivery:
         self._rechecks.clear()
 
     # ---- internals --------------------------------------------------------------------------
+
+    async def _with_dm(self, job: Job, rendered: Rendered) -> Rendered:
+        return rendered if self.dms is None else await self.dms.deliver(job, rendered)
 
     async def _record(self, job_id: int, landed: bool) -> None:
         try:
@@ -307,7 +314,8 @@ class Delivery:
             finished = StoredImage.of(job, png) if png is not None else None
         # The job was acknowledged long ago (or by an earlier run): no edit waits for it.
         self._replies.acks.acked(job_id)
-        landed = await self._replies.finish(job, render_result(job, finished, verdict))
+        rendered = await self._with_dm(job, render_result(job, finished, verdict))
+        landed = await self._replies.finish(job, rendered)
         await self._record(job_id, landed)
         if landed:
             log.info("picture #%s delivered on a later attempt", job_id)

@@ -41,6 +41,6 @@ def help_sections(
             "More",
             "`/queue`: your waiting pictures. `/history`: your recent pictures, each with the "
             "command that makes it again. `/info`: what the bot runs on and how busy it is. "
-            "`/dms`: have your pictures sent to your DMs.",
+            "`/dms send:True`: have every picture sent to your DMs as well.",
         ),
     ]

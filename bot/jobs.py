@@ -173,15 +173,22 @@ class JobService:
         *,
         deferred: bool = False,
         count: int = 1,
+        dm: bool | None = None,
     ) -> Job | None:
         """Admit ``spec`` and answer the interaction with the job's place in the queue.
+        ``dm``: send the final picture to the requester's DMs as well (None: their /dms
+        default).
 
         The job row is committed before the answer is sent. ``deferred``: the interaction was
         already answered with an ephemeral "thinking" (a command with attachments); the job's
         message is then a public followup and the ephemeral answer says where it is.
         """
         # The name the picture's footer shows (a name, not an id; as it was when asked).
-        spec = spec.replace(extra={**spec.extra, "requester": interaction.user.display_name})
+        extra = {**spec.extra, "requester": interaction.user.display_name}
+        extra.pop("dm", None)  # a re-roll's parent asked for itself; this request decides
+        if spec.guild_id is not None and await self._wants_dm(spec.user_id, dm):
+            extra["dm"] = True  # kept with the job: a restart still sends it (bot/dms.py)
+        spec = spec.replace(extra=extra)
         self._admitting += 1
         self._quiet.clear()
         try:
@@ -218,6 +225,15 @@ class JobService:
         for observer in self.on_submitted:
             observer(interaction.id, job)
         return job
+
+    async def _wants_dm(self, user_id: int, dm: bool | None) -> bool:
+        if dm is not None:
+            return dm
+        try:
+            return await db.get_dm_default(self._conn, user_id)
+        except Exception:
+            log.exception("could not read the /dms setting of user %s", user_id)
+            return False
 
     async def _admit_and_answer(
         self,

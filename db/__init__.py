@@ -19,6 +19,7 @@ from db.delivery import (
     unchecked_jobs,
     undelivered_jobs,
 )
+from db.dms import DM_OUTCOMES, get_dm_default, set_dm_default, set_dm_delivery
 from db.errors import (
     AdmissionRefused,
     AlreadyExists,
@@ -149,6 +150,7 @@ __all__ = [
     "QueueEntry",
     "QueueStats",
     "SchemaError",
+    "DM_OUTCOMES",
     "NO_USER_LIMITS",
     "User",
     "UserBanned",
@@ -168,6 +170,9 @@ __all__ = [
     "cancel_group",
     "generator_timings",
     "get_ban",
+    "get_dm_default",
+    "set_dm_default",
+    "set_dm_delivery",
     "get_guild_settings",
     "get_job",
     "get_user",

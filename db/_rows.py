@@ -71,6 +71,7 @@ def job_from_row(row: aiosqlite.Row) -> Job:
         group_id=row["group_id"],
         group_index=row["group_index"],
         group_size=row["group_size"],
+        dm_delivery=row["dm_delivery"],
     )
 
 

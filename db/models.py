@@ -161,6 +161,14 @@ class Job:
     group_id: int | None = None
     group_index: int | None = None
     group_size: int = 1
+    # The copy sent to the requester's DMs (migration 0007): None (not asked, or not tried
+    # yet), 'sent', 'closed' (their DMs refuse the bot), 'failed'.
+    dm_delivery: str | None = None
+
+    @property
+    def wants_dm(self) -> bool:
+        """The requester asked for the picture in their DMs too (/imagine dm, or /dms)."""
+        return bool(self.extra.get("dm")) and self.guild_id is not None
 
     @property
     def in_group(self) -> bool:

@@ -78,6 +78,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         "(default 0.5 pixel, 0.75 latent)",
         count=f"How many pictures of this prompt, with consecutive seeds (1-{MAX_COUNT}, "
         "default 1)",
+        dm="Send the finished picture to your DMs as well (default: your /dms setting)",
     )
     @app_commands.choices(size=size_choices, generator=generator_choices)
     async def imagine(
@@ -91,6 +92,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
         image_prompt: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
         count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        dm: bool | None = None,
     ) -> None:
         await cog.imagine(
             interaction,
@@ -103,6 +105,7 @@ def build_imagine_command(cog: "ImagineCog") -> app_commands.Command[Any, Any, A
             image_prompt=image_prompt,
             strength=strength,
             count=count,
+            dm=dm,
         )
 
     return imagine
@@ -194,6 +197,7 @@ class ImagineCog(commands.Cog):
         image_prompt: discord.Attachment | None,
         strength: float | None = None,
         count: int | None = None,
+        dm: bool | None = None,
     ) -> None:
         settings = self.bot.settings
         jobs = self.bot.jobs
@@ -244,7 +248,7 @@ class ImagineCog(commands.Cog):
             if a is not None
         ]
         if not attachments:
-            await jobs.submit(interaction, spec, count=pictures)
+            await jobs.submit(interaction, spec, count=pictures, dm=dm)
             return
         # Refuse bad options, bans, limits, blocked prompts and files that are too big or not
         # images by what Discord says about them, all before downloading anything.
@@ -277,7 +281,8 @@ class ImagineCog(commands.Cog):
                 spec = downloaded.replace(extra={**downloaded.extra, **with_strength})
                 submitting = True
                 handed = (
-                    await jobs.submit(interaction, spec, deferred=True, count=pictures) is not None
+                    await jobs.submit(interaction, spec, deferred=True, count=pictures, dm=dm)
+                    is not None
                 )
             finally:
                 if not handed and saved.paths:

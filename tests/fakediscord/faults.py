@@ -103,6 +103,11 @@ def already_acknowledged() -> DiscordError:
     return DiscordError(400, 40060, "Interaction has already been acknowledged.")
 
 
+def cannot_send_to_user() -> DiscordError:
+    # What Discord answers a bot's message to a user whose DMs are closed to it.
+    return DiscordError(403, 50007, "Cannot send messages to this user")
+
+
 def cannot_edit_others_message() -> DiscordError:
     return DiscordError(403, 50005, "Cannot edit a message authored by another user")
 

@@ -64,6 +64,8 @@ class FakeUser:
     global_name: str | None = None
     bot: bool = False
     avatar: str | None = None
+    # False: the user's privacy settings refuse DMs from this bot (sending gives 50007).
+    accepts_dms: bool = True
 
     def to_payload(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ from .interactions import (
     InteractionHandle,
 )
 from .models import (
+    DM,
     FLAG_EPHEMERAL,
     FLAG_LOADING,
     MESSAGE_CHAT_INPUT_COMMAND,
@@ -750,6 +751,9 @@ class RestApi:
         fake = self._fake
         channel = self._channel(call)
         body = call.json if isinstance(call.json, dict) else {}
+        if channel.type == DM and channel.recipient and not channel.recipient.accepts_dms:
+            # Opening the DM channel works; the message itself is refused.
+            raise faults.cannot_send_to_user()
         self._check_upload_sizes(call, channel.id)
         reference = body.get("message_reference")
         message = fake._new_message(
