@@ -480,9 +480,10 @@ class Scheduler:
             )
             return
         if ready is None:
-            # Cancelled at the last moment: the canceller shows "cancelled".
+            # Cancelled as its last step ended: the canceller left the message to this job's
+            # reporter (it was still running then), so "cancelled" is shown from here.
             log.info("job %s was no longer running when it finished", job.id)
-            self._notify(job.id, "cancelled")
+            await self._finish_cancelled(job)
             return
         if ready.in_group:
             if unsaved is not None:

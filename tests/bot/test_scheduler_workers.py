@@ -184,3 +184,25 @@ async def test_a_job_lost_max_attempts_times_fails_with_a_message(
     assert failed.error is not None and "lost 3 times" in failed.error
     message = await handle.wait_for_original(lambda m: "lost 3 times" in m.content, timeout=WAIT)
     assert message.custom_ids() == [] or all("cancel" not in i for i in message.custom_ids())
+
+
+async def test_a_cancel_that_comes_as_the_last_step_ends_still_shows_cancelled(
+    harness: Harness, worker: Any
+) -> None:
+    handle = await harness.imagine(prompt="a picture cancelled at the last moment", steps=5)
+    job = await harness.job_of(handle)
+    await worker.until(lambda: job.id in worker.running)
+    painting, _ = worker.running[job.id]
+    painting.cancel = lambda: None  # type: ignore[method-assign] - its last step has ended
+    message = await handle.wait_for_original(
+        lambda m: f"job:{job.id}:cancel" in m.custom_ids(), timeout=WAIT
+    )
+    click = await harness.fake.click_button(message, f"job:{job.id}:cancel")
+    assert (await click.wait_for_callback()).ok
+    await harness.wait_job_status(job.id, "cancelled")
+    worker.finish(job.id)  # the picture arrives after all; the row says cancelled
+    cancelled = await handle.wait_for_original(
+        lambda m: m.content.startswith("Cancelled"), timeout=WAIT
+    )
+    assert cancelled.custom_ids() == []
+    assert not any(a.filename.startswith("imagine-") for a in cancelled.attachments)
