@@ -60,8 +60,11 @@ def load_quality() -> ModuleType:
 @torch.no_grad()
 def modality_gap(toml: Path, renders: int, quality: ModuleType) -> dict[str, float]:
     """The toy CLIP's image/text figures of step 1 (module docstring)."""
-    quality.load_judge(toml)  # puts the toy world's folder (data.py) on the path
-    import data as toy  # noqa: PLC0415 - the toy world's data.py
+    if toml.resolve().parent == quality.DEFAULT_TOML.parent:
+        from toyworld import render as toy  # noqa: PLC0415 - the repo's toy world
+    else:
+        quality.load_judge(toml)  # puts that toy world's folder (data.py) on the path
+        import data as toy  # noqa: PLC0415 - its data.py
 
     store = ModelStore(ModelsConfig.load(str(toml)), "cpu")
     perceptor = store.perceptor()
@@ -70,9 +73,13 @@ def modality_gap(toml: Path, renders: int, quality: ModuleType) -> dict[str, flo
     texts = perceptor.encode_text(prompts)[0]  # [40, E]
     pictures, classes = [], []
     for i in range(renders):
-        image, attrs, _ = toy.render(11, i)
+        image, attrs, caption = toy.render(11, i)
         pictures.append(torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255)
-        classes.append(prompts.index(toy.prompt(attrs["colour"], attrs["shape"])))
+        classes.append(
+            prompts.index(
+                caption if hasattr(attrs, "colour") else toy.prompt(attrs["colour"], attrs["shape"])
+            )
+        )
     images = torch.stack(pictures)  # [N, 3, 32, 32]
     embeds = perceptor.embed(0, resize(images, clip.input_size))  # [N, E]
     own = torch.tensor(classes)  # [N]
@@ -155,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     quality = load_quality()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=quality.DEFAULT_TOML, help="toy TOML")
-    parser.add_argument("--images", type=Path, help="text-free training pictures (data.py --dump)")
+    parser.add_argument(
+        "--images", type=Path, help="text-free training pictures (python -m toyworld.data --dump)"
+    )
     parser.add_argument("--root", type=Path, required=True, help="folder of the sweep's runs")
     parser.add_argument("--levels", default="0,0.25,0.5,0.75", help="--noise levels")
     parser.add_argument("--steps", type=int, default=600, help="training steps per level")

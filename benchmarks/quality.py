@@ -5,10 +5,10 @@
     python benchmarks/quality.py --records runs.jsonl  # resumable: split a long run into parts
 
 For each generator it paints the toy world's 8 prompts ('a red circle', ..., see
-../shared/toyworld/README.md) x 4 seeds through the engine (``generation.engine.generate``, the
+toyworld/__init__.py and docs/benchmarks.md) x 4 seeds through the engine (``generation.engine.generate``, the
 same call the CLI and the bot make), with the toy world's models TOML (its toy CLIP and toy
 VQGAN, its [defaults]: 32 px, 300 steps, cutn 32). Every picture is scored by the toy world's
-judge (``judge.py``: colour by HSV rules, shape by a small CNN, never the toy CLIP a generator
+judge (``toyworld.judge``: colour by HSV rules, shape by a small CNN, never the toy CLIP a generator
 optimises against), and the table gives colour / shape / both-correct rates with their standard
 errors, and seconds per picture (generation only: models are loaded before the clock starts)
 with the ratio to vqgan's.
@@ -48,7 +48,7 @@ from generation.generators import generator_names, get_generator  # noqa: E402
 from generation.models import ModelsConfig, ModelStore  # noqa: E402
 from generation.request import GenerationRequest, RunControl  # noqa: E402
 
-DEFAULT_TOML = ROOT.parent / "shared" / "toyworld" / "toyworld.toml"
+DEFAULT_TOML = ROOT / "toyworld" / "toyworld.toml"  # the repo's toy world (toyworld/)
 # The toy world README's prompts, in its order.
 PROMPTS = (
     "a red circle",
@@ -81,9 +81,14 @@ class Variant:
 
 
 def load_judge(toml: Path) -> ModuleType:
-    """The toy world's judge.py, imported from the folder next to the TOML (it imports its
-    sibling data.py, so that folder goes on the path)."""
+    """The toy world's judge: ``toyworld.judge`` for the repo's world; for a world kept
+    elsewhere, the judge.py next to its TOML (it imports its sibling data.py, so that folder
+    goes on the path)."""
     folder = toml.resolve().parent
+    if folder == DEFAULT_TOML.parent:
+        from toyworld import judge  # noqa: PLC0415 - only this world's runs need torch here
+
+        return judge
     path = folder / "judge.py"
     if not path.is_file():
         raise SystemExit(f"no judge.py next to {toml}: point --models at the toy world's TOML")

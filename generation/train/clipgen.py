@@ -1,6 +1,6 @@
 """Train CLIP-GEN from pictures alone, no captions (Wang et al. 2022, with LAFITE's noise).
 
-    python -m generation.train clipgen --models toyworld.toml --images toy-train \\
+    python -m generation.train clipgen --models toyworld/toyworld.toml --images toy-train \\
         --out toy-clipgen --preset small --steps 3000
     torchrun --nproc-per-node 8 -m generation.train clipgen --models real.toml \\
         --images "imagenet/shard-{000000..001281}.tar" --out clipgen-in --preset medium
