@@ -27,6 +27,7 @@ from bot.delivery import Delivery
 from bot.dms import DmSender
 from bot.joblog import job_line
 from bot.jobs import DMS_OFF, JobService
+from bot.option_types import malformed_options
 from bot.progress import ReplyManager
 from bot.queuewatch import QueueWatcher
 from bot.refusals import RefusalLog
@@ -208,7 +209,10 @@ class ImagineBot(commands.Bot):
         await super().close()
 
     async def _interaction_allowed(self, interaction: discord.Interaction[Any]) -> bool:
-        """Commands in direct messages only when the operator allows them (allow_dms)."""
+        """Commands in direct messages only when the operator allows them (allow_dms), and
+        only with options of the types their command declares."""
+        if not await self._options_well_formed(interaction):
+            return False
         if interaction.guild_id is not None or self.settings.allow_dms:
             return True
         if interaction.type is discord.InteractionType.application_command:
@@ -216,6 +220,27 @@ class ImagineBot(commands.Bot):
                 await interaction.response.send_message(DMS_OFF, ephemeral=True)
             except discord.HTTPException as error:
                 log.warning("could not refuse a command in a DM: %s", error)
+        return False
+
+    async def _options_well_formed(self, interaction: discord.Interaction[Any]) -> bool:
+        data: Any = interaction.data
+        if interaction.type is not discord.InteractionType.application_command:
+            return True  # autocomplete sends partial text for every type; buttons have none
+        if not isinstance(data, dict) or data.get("type", 1) != 1:
+            return True  # context menus carry a target, not options
+        problem = malformed_options(data, self.tree, interaction.guild)
+        if problem is None:
+            return True
+        name = data.get("name") if isinstance(data.get("name"), str) else "the command"
+        log.warning("refused a malformed /%s from user %s: %s", name, interaction.user.id, problem)
+        try:
+            await interaction.response.send_message(
+                f"This command did not arrive as Discord sends it ({problem}); "
+                f"run /{name} again from Discord's command menu.",
+                ephemeral=True,
+            )
+        except discord.HTTPException as error:
+            log.warning("could not refuse a malformed command: %s", error)
         return False
 
     async def _on_app_command_error(

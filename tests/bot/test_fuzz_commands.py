@@ -269,11 +269,6 @@ WRONG_VALUES = st.one_of(
 OPTION_NAMES = ["prompt", "seed", "steps", "size", "generator", "strength", "count", "init_image"]
 
 
-@pytest.mark.skip(
-    reason="finding (open): forged option types reach the cog untyped; discord.py raises "
-    "TypeError/ValueError (some in CommandTree's task, unanswered) and the rest get the "
-    "generic error; Discord itself never sends such payloads"
-)
 @fuzz_settings()
 @given(
     options=st.lists(
