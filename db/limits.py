@@ -45,6 +45,26 @@ def _group_refusal(count: int, room: int, why: str) -> str:
     )
 
 
+async def _jobs_in_the_last_hour(
+    conn: aiosqlite.Connection, scope: str, params: tuple[object, ...], now: float
+) -> list[float]:
+    """When the jobs matching ``scope`` (a WHERE condition) started in the last hour, oldest
+    first; failed jobs do not count."""
+    rows = await fetch_all(
+        conn,
+        f"SELECT created_at FROM jobs WHERE {scope} AND created_at > ?"
+        " AND status != 'failed' ORDER BY created_at",
+        (*params, now - HOUR),
+    )
+    return [row["created_at"] for row in rows]
+
+
+def _retry_after(started: list[float], limit: int, now: float) -> float:
+    """Seconds until a new job fits: len(started) - limit + 1 of the counted jobs must leave
+    the window first (more than one when the limit was lowered below what was used)."""
+    return max(0.0, started[len(started) - limit] + HOUR - now)
+
+
 async def _check_hourly(
     conn: aiosqlite.Connection,
     user_id: int,
@@ -53,22 +73,21 @@ async def _check_hourly(
     now: float,
     count: int = 1,
 ) -> None:
-    rows = await fetch_all(
-        conn,
-        "SELECT created_at FROM jobs WHERE user_id = ? AND guild_id IS ? AND created_at > ?"
-        " AND status != 'failed' ORDER BY created_at",
-        (user_id, guild_id, now - HOUR),
+    started = await _jobs_in_the_last_hour(
+        conn, "user_id = ? AND guild_id IS ?", (user_id, guild_id), now
     )
-    if len(rows) + count <= limit:
+    if len(started) + count <= limit:
         return
-    room = limit - len(rows)
+    room = limit - len(started)
     if count > 1 and room > 0:
         raise LimitExceeded(
             "jobs_per_hour",
             limit,
             None,
             _group_refusal(
-                count, room, f"this server allows {limit} per hour and you have used {len(rows)}"
+                count,
+                room,
+                f"this server allows {limit} per hour and you have used {len(started)}",
             ),
         )
     if limit == 0:
@@ -79,10 +98,7 @@ async def _check_hourly(
             "The moderators of this server have paused new jobs (0 per hour). "
             "Ask them to raise the limit with /limits.",
         )
-    # len(rows) - limit + 1 of the counted jobs must leave the window before a new one fits
-    # (more than one when moderators lowered the limit below what was already used).
-    freeing = rows[len(rows) - limit]["created_at"]
-    retry_after = max(0.0, freeing + HOUR - now)
+    retry_after = _retry_after(started, limit, now)
     raise LimitExceeded(
         "jobs_per_hour",
         limit,
@@ -95,15 +111,10 @@ async def _check_hourly(
 async def _check_user_hourly(
     conn: aiosqlite.Connection, user_id: int, limit: int, now: float, count: int
 ) -> None:
-    rows = await fetch_all(
-        conn,
-        "SELECT created_at FROM jobs WHERE user_id = ? AND created_at > ?"
-        " AND status != 'failed' ORDER BY created_at",
-        (user_id, now - HOUR),
-    )
-    if len(rows) + count <= limit:
+    started = await _jobs_in_the_last_hour(conn, "user_id = ?", (user_id,), now)
+    if len(started) + count <= limit:
         return
-    room = limit - len(rows)
+    room = limit - len(started)
     if count > 1 and room > 0:
         raise LimitExceeded(
             "user_jobs_per_hour",
@@ -113,16 +124,15 @@ async def _check_user_hourly(
                 count,
                 room,
                 f"one person may start {limit} per hour across all servers and you have "
-                f"started {len(rows)}",
+                f"started {len(started)}",
             ),
         )
-    freeing = rows[max(0, len(rows) - limit)]["created_at"]
-    retry_after = max(0.0, freeing + HOUR - now)
+    retry_after = _retry_after(started, limit, now)  # limit >= 1 (a setting)
     raise LimitExceeded(
         "user_jobs_per_hour",
         limit,
         retry_after,
-        f"You have started {_plural(len(rows), 'job')} in the last hour across all servers, "
+        f"You have started {_plural(len(started), 'job')} in the last hour across all servers, "
         f"the most one person may (the bot allows {limit} per hour wherever you ask). You can "
         f"start a new one {describe_wait(retry_after)}.",
     )
